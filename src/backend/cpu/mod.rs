@@ -1,0 +1,174 @@
+//! The CPU reference backend: plain loops over `Vec<T>` (rayon where it helps,
+//! matrixmultiply for GEMMs). It is the spec the CUDA kernels are tested against,
+//! and it runs small models for real. Generic over f32 and f64 (`Real`), so finite
+//! differences can run in f64.
+//!
+//! The ops are free functions in the submodules, callable directly by tests; the
+//! `Backend` impl below only forwards to them.
+
+mod attention;
+mod elementwise;
+mod gemm;
+mod norm;
+mod real;
+mod rope;
+
+pub use attention::{attention, kv_write};
+pub use elementwise::{add_assign, embedding, logprob_gather, logsumexp, silu, swiglu};
+pub use gemm::linear;
+pub use norm::rmsnorm;
+pub use real::Real;
+pub use rope::{inv_freq, rope};
+
+use super::{AttnDims, Backend};
+use crate::Result;
+use std::marker::PhantomData;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend<T: Real = f32> {
+    _t: PhantomData<T>,
+}
+
+impl<T: Real> CpuBackend<T> {
+    pub fn new() -> Self {
+        CpuBackend { _t: PhantomData }
+    }
+}
+
+impl<T: Real> Backend for CpuBackend<T> {
+    type Buf = Vec<T>;
+    type Idx = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!(
+            "cpu ({}, {} threads)",
+            std::any::type_name::<T>(),
+            rayon::current_num_threads()
+        )
+    }
+
+    fn upload(&self, host: &[f32]) -> Result<Vec<T>> {
+        Ok(host.iter().map(|&v| T::from_f32(v)).collect())
+    }
+
+    fn upload_idx(&self, host: &[u32]) -> Result<Vec<u32>> {
+        Ok(host.to_vec())
+    }
+
+    fn download(&self, buf: &Vec<T>) -> Result<Vec<f32>> {
+        Ok(buf.iter().map(|&v| v.to_f32()).collect())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zero(); len])
+    }
+
+    fn len(&self, buf: &Vec<T>) -> usize {
+        buf.len()
+    }
+
+    fn slice(&self, src: &Vec<T>, start: usize, len: usize) -> Result<Vec<T>> {
+        Ok(src[start..start + len].to_vec())
+    }
+
+    fn embedding(
+        &self,
+        out: &mut Vec<T>,
+        ids: &Vec<u32>,
+        table: &Vec<T>,
+        tokens: usize,
+        dim: usize,
+    ) -> Result<()> {
+        embedding(out, ids, table, tokens, dim);
+        Ok(())
+    }
+
+    fn rmsnorm(
+        &self,
+        out: &mut Vec<T>,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        rmsnorm(out, x, w, rows, dim, eps);
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        out: &mut Vec<T>,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        bias: Option<&Vec<T>>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        linear(out, x, w, bias.map(|b| b.as_slice()), m, n, k);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<T>,
+        pos: &Vec<u32>,
+        tokens: usize,
+        heads: usize,
+        hd: usize,
+        theta: f32,
+    ) -> Result<()> {
+        rope(x, pos, tokens, heads, hd, theta);
+        Ok(())
+    }
+
+    fn kv_write(
+        &self,
+        cache: &mut Vec<T>,
+        x: &Vec<T>,
+        slot: &Vec<u32>,
+        pos: &Vec<u32>,
+        d: AttnDims,
+    ) -> Result<()> {
+        kv_write(cache, x, slot, pos, d);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        out: &mut Vec<T>,
+        q: &Vec<T>,
+        k_cache: &Vec<T>,
+        v_cache: &Vec<T>,
+        slot: &Vec<u32>,
+        pos: &Vec<u32>,
+        d: AttnDims,
+        scale: f32,
+    ) -> Result<()> {
+        attention(out, q, k_cache, v_cache, slot, pos, d, scale);
+        Ok(())
+    }
+
+    fn swiglu(&self, out: &mut Vec<T>, gate: &Vec<T>, up: &Vec<T>, n: usize) -> Result<()> {
+        swiglu(out, gate, up, n);
+        Ok(())
+    }
+
+    fn add_assign(&self, x: &mut Vec<T>, y: &Vec<T>) -> Result<()> {
+        add_assign(x, y);
+        Ok(())
+    }
+
+    fn logprob_gather(
+        &self,
+        out: &mut Vec<T>,
+        logits: &Vec<T>,
+        target: &Vec<u32>,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        logprob_gather(out, logits, target, rows, vocab);
+        Ok(())
+    }
+}

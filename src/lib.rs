@@ -1,0 +1,21 @@
+//! onelayer: RL post-training of Qwen3 / Qwen2.5 that trains a single transformer layer.
+//!
+//! Layout (see docs/DESIGN.md): `config`, `weights`, `tokenizer` and `chat` load a
+//! model directory; `resolve` finds one; `backend` holds the ops (the CPU reference
+//! here, the CUDA kernels next); `model` is the architecture written once over the
+//! `Backend` trait; `generate` and `sampling` decode.
+
+pub mod backend;
+pub mod chat;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod generation_config;
+pub mod model;
+pub mod resolve;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,167 @@
+//! The model's parameters on a backend, loaded under their HF names
+//! (`model.layers.{i}.self_attn.q_proj.weight`, ...), each checked for presence and
+//! shape against the config.
+
+use crate::backend::Backend;
+use crate::config::ModelConfig;
+use crate::weights::WeightFiles;
+use crate::Result;
+use std::collections::HashMap;
+
+/// One decoder layer. Projections are `[out, in]` as in HF.
+pub struct LayerWeights<B: Backend> {
+    pub input_norm: B::Buf,
+    pub q_proj: B::Buf,
+    pub q_bias: Option<B::Buf>,
+    pub k_proj: B::Buf,
+    pub k_bias: Option<B::Buf>,
+    pub v_proj: B::Buf,
+    pub v_bias: Option<B::Buf>,
+    pub o_proj: B::Buf,
+    pub o_bias: Option<B::Buf>,
+    pub q_norm: Option<B::Buf>,
+    pub k_norm: Option<B::Buf>,
+    pub post_norm: B::Buf,
+    pub gate_proj: B::Buf,
+    pub up_proj: B::Buf,
+    pub down_proj: B::Buf,
+}
+
+pub struct ModelWeights<B: Backend> {
+    pub embed: B::Buf,
+    pub layers: Vec<LayerWeights<B>>,
+    pub norm: B::Buf,
+    /// `None` when tied to the embedding.
+    pub lm_head: Option<B::Buf>,
+}
+
+/// One parameter: its HF name and shape.
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// The HF names and shapes of layer `i`'s parameters, in a fixed order.
+pub fn layer_param_specs(cfg: &ModelConfig, i: usize) -> Vec<ParamSpec> {
+    let (h, q, kv, inter, hd) = (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+        cfg.head_dim,
+    );
+    let p = format!("model.layers.{i}.");
+    let mut specs = vec![(format!("{p}input_layernorm.weight"), vec![h])];
+    for (name, out) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+        specs.push((format!("{p}self_attn.{name}.weight"), vec![out, h]));
+        if cfg.qkv_bias {
+            specs.push((format!("{p}self_attn.{name}.bias"), vec![out]));
+        }
+    }
+    specs.push((format!("{p}self_attn.o_proj.weight"), vec![h, q]));
+    if cfg.o_bias {
+        specs.push((format!("{p}self_attn.o_proj.bias"), vec![h]));
+    }
+    if cfg.qk_norm {
+        specs.push((format!("{p}self_attn.q_norm.weight"), vec![hd]));
+        specs.push((format!("{p}self_attn.k_norm.weight"), vec![hd]));
+    }
+    specs.push((format!("{p}post_attention_layernorm.weight"), vec![h]));
+    specs.push((format!("{p}mlp.gate_proj.weight"), vec![inter, h]));
+    specs.push((format!("{p}mlp.up_proj.weight"), vec![inter, h]));
+    specs.push((format!("{p}mlp.down_proj.weight"), vec![h, inter]));
+    specs
+        .into_iter()
+        .map(|(name, shape)| ParamSpec { name, shape })
+        .collect()
+}
+
+impl<B: Backend> ModelWeights<B> {
+    /// Check every tensor the config implies, then upload them.
+    pub fn load(cfg: &ModelConfig, files: &WeightFiles, backend: &B) -> Result<Self> {
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let get = |name: &str, shape: &[usize]| -> Result<B::Buf> {
+            backend.upload(&files.get_f32(name, shape)?)
+        };
+        // Validate presence and shapes of everything before any upload work.
+        for i in 0..cfg.num_hidden_layers {
+            for spec in layer_param_specs(cfg, i) {
+                check(files, &spec.name, &spec.shape)?;
+            }
+        }
+        check(files, "model.embed_tokens.weight", &[v, h])?;
+        check(files, "model.norm.weight", &[h])?;
+        if !cfg.tie_word_embeddings {
+            check(files, "lm_head.weight", &[v, h])?;
+        }
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let mut bufs = HashMap::new();
+            for spec in layer_param_specs(cfg, i) {
+                let buf = get(&spec.name, &spec.shape)?;
+                bufs.insert(spec.name, buf);
+            }
+            // Optional tensors are in the specs only when the config calls for them.
+            let mut opt = |suffix: &str| bufs.remove(&format!("model.layers.{i}.{suffix}"));
+            layers.push(LayerWeights {
+                input_norm: need(opt("input_layernorm.weight")),
+                q_proj: need(opt("self_attn.q_proj.weight")),
+                q_bias: opt("self_attn.q_proj.bias"),
+                k_proj: need(opt("self_attn.k_proj.weight")),
+                k_bias: opt("self_attn.k_proj.bias"),
+                v_proj: need(opt("self_attn.v_proj.weight")),
+                v_bias: opt("self_attn.v_proj.bias"),
+                o_proj: need(opt("self_attn.o_proj.weight")),
+                o_bias: opt("self_attn.o_proj.bias"),
+                q_norm: opt("self_attn.q_norm.weight"),
+                k_norm: opt("self_attn.k_norm.weight"),
+                post_norm: need(opt("post_attention_layernorm.weight")),
+                gate_proj: need(opt("mlp.gate_proj.weight")),
+                up_proj: need(opt("mlp.up_proj.weight")),
+                down_proj: need(opt("mlp.down_proj.weight")),
+            });
+        }
+        Ok(ModelWeights {
+            embed: get("model.embed_tokens.weight", &[v, h])?,
+            layers,
+            norm: get("model.norm.weight", &[h])?,
+            lm_head: if cfg.tie_word_embeddings {
+                None
+            } else {
+                Some(get("lm_head.weight", &[v, h])?)
+            },
+        })
+    }
+
+    /// The LM head matrix `[vocab, hidden]`.
+    pub fn head(&self) -> &B::Buf {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+fn check(files: &WeightFiles, name: &str, shape: &[usize]) -> Result<()> {
+    match files.info(name) {
+        None => Err(crate::Error::invalid(format!(
+            "tensor `{name}` not found in {}",
+            files
+                .files()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        Some(info) if info.shape != shape => Err(crate::Error::file(
+            &info.file,
+            format!(
+                "tensor `{name}` has shape {:?}, expected {shape:?}",
+                info.shape
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A tensor `layer_param_specs` always lists.
+fn need<T>(buf: Option<T>) -> T {
+    buf.expect("listed by layer_param_specs")
+}

@@ -1,0 +1,119 @@
+//! Helpers shared by the integration tests: fixture paths, reference tensors,
+//! and the error metric of DESIGN.md section 7.
+#![allow(dead_code)]
+
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+use std::path::{Path, PathBuf};
+
+pub const MODELS: [&str; 4] = [
+    "qwen3-gqa2-tied",
+    "qwen3-mqa-hd24-untied-bf16",
+    "qwen2-gqa4-bias-tied",
+    "qwen2-mha-untied-f16",
+];
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// `../shared/data/...` when the shared folder exists.
+pub fn shared_data(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipping: {} not found", p.display());
+        None
+    }
+}
+
+/// The tensors of a fixture's `reference.safetensors`.
+pub struct Reference {
+    bytes: Vec<u8>,
+    pub json: serde_json::Value,
+}
+
+impl Reference {
+    pub fn load(model: &str) -> Self {
+        let dir = fixture(model);
+        let bytes =
+            std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
+        let json =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
+        Reference { bytes, json }
+    }
+
+    fn view(&self, name: &str) -> (Dtype, Vec<usize>, Vec<u8>) {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("reference tensor {name}"));
+        (t.dtype(), t.shape().to_vec(), t.data().to_vec())
+    }
+
+    pub fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let (dtype, shape, data) = self.view(name);
+        assert_eq!(dtype, Dtype::F32, "{name}");
+        (
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            shape,
+        )
+    }
+
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        let (dtype, _, data) = self.view(name);
+        assert_eq!(dtype, Dtype::I64, "{name}");
+        data.chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    }
+}
+
+/// ‖got − want‖ / ‖want‖, max |got − want| and where it is.
+pub struct Diff {
+    pub rel: f64,
+    pub max_abs: f64,
+    pub worst: usize,
+}
+
+pub fn diff(got: &[f32], want: &[f32]) -> Diff {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let (mut num, mut den, mut max_abs, mut worst) = (0.0f64, 0.0f64, 0.0f64, 0);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g as f64 - w as f64).abs();
+        assert!(g.is_finite(), "non-finite value {g} at {i}");
+        num += d * d;
+        den += (w as f64) * (w as f64);
+        if d > max_abs {
+            max_abs = d;
+            worst = i;
+        }
+    }
+    Diff {
+        rel: num.sqrt() / den.sqrt().max(1e-30),
+        max_abs,
+        worst,
+    }
+}
+
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    let d = diff(got, want);
+    assert!(
+        d.rel <= tol,
+        "{what}: relative error {:.3e} > {tol:.0e} (max abs {:.3e} at {}: got {} want {})",
+        d.rel,
+        d.max_abs,
+        d.worst,
+        got[d.worst],
+        want[d.worst]
+    );
+}
