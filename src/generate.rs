@@ -1,11 +1,11 @@
 //! Batched autoregressive generation over the KV cache: all prompts are prefilled in
 //! one ragged forward pass, then every unfinished sequence advances one token per
-//! step. Each sequence has its own RNG stream (seed, index), so its samples do not
-//! depend on what else is in the batch.
+//! step. Draw `k` of sequence `i` uses the random stream (seed, i, k), so a sequence's
+//! samples do not depend on what else is in the batch.
 
 use crate::backend::Backend;
 use crate::model::{Model, TokenBatch};
-use crate::sampling::{sample, Rng, SamplingParams};
+use crate::sampling::{stream, SamplingParams};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -33,9 +33,6 @@ pub fn generate<B: Backend>(
     }
     let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0) + p.max_new_tokens;
     let mut cache = model.new_cache(n, max_len)?;
-    let mut rngs: Vec<Rng> = (0..n)
-        .map(|i| Rng::new(p.seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407)))
-        .collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
 
     let mut batch = TokenBatch::default();
@@ -64,12 +61,19 @@ pub fn generate<B: Backend>(
             row_ids.len(),
             h,
         )?;
-        let logits = model.logits(&rows, last_rows.len())?;
-        let v = model.cfg.vocab_size;
+        let logits = model.logits_on_device(&rows, last_rows.len())?;
+        let streams: Vec<u64> = last_rows
+            .iter()
+            .map(|&(_, slot)| stream(slot, out[slot].len()))
+            .collect();
+        let tokens =
+            model
+                .backend
+                .sample(&logits, &streams, model.cfg.vocab_size, &p.sampling, p.seed)?;
         batch = TokenBatch::default();
         let mut next_rows = Vec::new();
         for (i, &(_, slot)) in last_rows.iter().enumerate() {
-            let tok = sample(&logits[i * v..(i + 1) * v], &p.sampling, &mut rngs[slot]);
+            let tok = tokens[i];
             out[slot].push(tok);
             if p.stop_ids.contains(&tok) || out[slot].len() >= p.max_new_tokens {
                 continue;

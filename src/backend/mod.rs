@@ -10,6 +10,7 @@
 
 pub mod cpu;
 
+use crate::sampling::SamplingParams;
 use crate::Result;
 
 /// Shapes of an attention call over a KV cache.
@@ -48,6 +49,9 @@ pub trait Backend: Send + Sync {
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     /// A buffer of `len` elements, all zero.
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// A zeroed buffer kept in f32 even where activations are lower precision
+    /// (logits, log-probs, losses).
+    fn zeros_f32(&self, len: usize) -> Result<Self::Buf>;
     fn len(&self, buf: &Self::Buf) -> usize;
     /// A new buffer holding `src[start..start + len]`.
     fn slice(&self, src: &Self::Buf, start: usize, len: usize) -> Result<Self::Buf>;
@@ -133,6 +137,17 @@ pub trait Backend: Send + Sync {
 
     /// `x += y`, elementwise.
     fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf) -> Result<()>;
+
+    /// The next token of each row of `logits` `[rows, vocab]` (an f32 buffer), by
+    /// `crate::sampling`'s algorithm; row r draws from stream `streams[r]`.
+    fn sample(
+        &self,
+        logits: &Self::Buf,
+        streams: &[u64],
+        vocab: usize,
+        params: &SamplingParams,
+        seed: u64,
+    ) -> Result<Vec<u32>>;
 
     /// `out[r] = log_softmax(logits[r, :])[target[r]]`; logits `[rows, vocab]`.
     fn logprob_gather(

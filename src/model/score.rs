@@ -10,18 +10,24 @@ use crate::{Error, Result};
 const LOGIT_CHUNK_ELEMS: usize = 1 << 24;
 
 impl<B: Backend> Model<B> {
-    /// Logits `[rows, vocab]` for `rows` final hidden states.
+    /// Logits `[rows, vocab]` for `rows` final hidden states, on the host.
     pub fn logits(&self, hidden: &B::Buf, rows: usize) -> Result<Vec<f32>> {
         let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let mut all = Vec::with_capacity(rows * v);
         for (r0, n) in chunks(rows, v) {
             let x = self.backend.slice(hidden, r0 * h, n * h)?;
-            let mut logits = self.backend.zeros(n * v)?;
-            self.backend
-                .linear(&mut logits, &x, self.weights.head(), None, n, v, h)?;
-            all.extend(self.backend.download(&logits)?);
+            all.extend(self.backend.download(&self.logits_on_device(&x, n)?)?);
         }
         Ok(all)
+    }
+
+    /// Logits `[rows, vocab]` (f32) of `rows` final hidden states, left on the device.
+    pub fn logits_on_device(&self, hidden: &B::Buf, rows: usize) -> Result<B::Buf> {
+        let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let mut logits = self.backend.zeros_f32(rows * v)?;
+        self.backend
+            .linear(&mut logits, hidden, self.weights.head(), None, rows, v, h)?;
+        Ok(logits)
     }
 
     /// `out[r] = log p(target[r] | hidden[r])` over the rows of `hidden`.
@@ -31,19 +37,17 @@ impl<B: Backend> Model<B> {
         let mut out = Vec::with_capacity(rows);
         for (r0, n) in chunks(rows, v) {
             let x = self.backend.slice(hidden, r0 * h, n * h)?;
-            let mut logits = self.backend.zeros(n * v)?;
-            self.backend
-                .linear(&mut logits, &x, self.weights.head(), None, n, v, h)?;
+            let logits = self.logits_on_device(&x, n)?;
             let tgt = self.backend.upload_idx(&targets[r0..r0 + n])?;
-            let mut lp = self.backend.zeros(n)?;
+            let mut lp = self.backend.zeros_f32(n)?;
             self.backend.logprob_gather(&mut lp, &logits, &tgt, n, v)?;
             out.extend(self.backend.download(&lp)?);
         }
         Ok(out)
     }
 
-    /// Per-token log-probs of each sequence: `result[i][j] = log p(seq[j] | seq[..j])`
-    /// for `j >= 1` (the first token has none, so `result[i].len() == seq.len() - 1`).
+    /// Per-token log-probs of each sequence: `result[i][j] = log p(seq[j + 1] | seq[..=j])`
+    /// (the first token has none, so `result[i].len() == seq.len() - 1`).
     pub fn score(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         if seqs.iter().any(|s| s.is_empty()) {
             return Err(Error::invalid("cannot score an empty sequence"));

@@ -21,6 +21,7 @@ pub use real::Real;
 pub use rope::{inv_freq, rope};
 
 use super::{AttnDims, Backend};
+use crate::sampling::{sample, SamplingParams};
 use crate::Result;
 use std::marker::PhantomData;
 
@@ -60,6 +61,10 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zero(); len])
+    }
+
+    fn zeros_f32(&self, len: usize) -> Result<Vec<T>> {
         Ok(vec![T::zero(); len])
     }
 
@@ -158,6 +163,25 @@ impl<T: Real> Backend for CpuBackend<T> {
     fn add_assign(&self, x: &mut Vec<T>, y: &Vec<T>) -> Result<()> {
         add_assign(x, y);
         Ok(())
+    }
+
+    fn sample(
+        &self,
+        logits: &Vec<T>,
+        streams: &[u64],
+        vocab: usize,
+        p: &SamplingParams,
+        seed: u64,
+    ) -> Result<Vec<u32>> {
+        assert_eq!(logits.len(), streams.len() * vocab, "sample: logits");
+        Ok(logits
+            .chunks(vocab)
+            .zip(streams)
+            .map(|(row, &stream)| {
+                let row: Vec<f32> = row.iter().map(|&v| v.to_f32()).collect();
+                sample(&row, p, seed, stream)
+            })
+            .collect())
     }
 
     fn logprob_gather(
