@@ -1,5 +1,6 @@
-//! `--device`: which backend computes. This build has the CPU reference backend;
-//! `auto` picks the best available and says which.
+//! `--device`: which backend computes. `auto` takes the GPU when one is usable and
+//! otherwise the CPU; `emu` runs the CUDA backend on the host emulator (slow; for
+//! checking the kernels without a GPU).
 
 use crate::{Error, Result};
 use std::str::FromStr;
@@ -9,26 +10,59 @@ pub enum Device {
     #[default]
     Auto,
     Cpu,
+    /// A GPU by index.
+    Cuda(usize),
+    /// The CUDA backend on the host emulator.
+    Emu,
 }
 
 impl FromStr for Device {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::invalid(format!(
+                "--device: unknown device '{s}' (auto, cpu, cuda, cuda:N, emu)"
+            ))
+        };
         match s {
             "auto" => Ok(Device::Auto),
             "cpu" => Ok(Device::Cpu),
-            other => Err(Error::invalid(format!(
-                "--device: unknown device '{other}' (this build has: auto, cpu)"
-            ))),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            "emu" => Ok(Device::Emu),
+            _ => match s.strip_prefix("cuda:") {
+                Some(n) => n.parse().map(Device::Cuda).map_err(|_| bad()),
+                None => Err(bad()),
+            },
         }
     }
 }
 
 impl Device {
-    /// The device `auto` resolves to.
+    /// The device `auto` resolves to: GPU 0 when the driver and a GPU are usable,
+    /// else the CPU. Other choices stay as they are.
     pub fn resolve(self) -> Device {
         match self {
-            Device::Auto | Device::Cpu => Device::Cpu,
+            Device::Auto if crate::backend::cuda::gpu::probe().is_some() => Device::Cuda(0),
+            Device::Auto => Device::Cpu,
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
+        assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
+        assert_eq!("emu".parse::<Device>().unwrap(), Device::Emu);
+        for bad in ["tpu", "cuda:", "cuda:x", ""] {
+            let e = bad.parse::<Device>().unwrap_err().to_string();
+            assert!(e.contains("--device"), "{e}");
         }
     }
 }

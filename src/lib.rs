@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod generation_config;
+pub mod kernels;
 pub mod model;
 pub mod resolve;
 pub mod sampling;

@@ -192,3 +192,108 @@ pub fn to_f32(bytes: &[u8], dtype: Dtype) -> std::result::Result<Vec<f32>, Strin
         other => return Err(format!("dtype {other:?} is not supported (bf16, f16, f32)")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    fn write(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, path).unwrap();
+    }
+
+    #[test]
+    fn converts_bf16_f16_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let vals = [1.5f32, -2.25, 0.0, 65504.0];
+        let bf: Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        let hf: Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        let f: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let path = dir.path().join(SINGLE_FILE);
+        write(
+            &path,
+            &[
+                ("a", Dtype::BF16, vec![2, 2], bf),
+                ("b", Dtype::F16, vec![4], hf),
+                ("c", Dtype::F32, vec![4], f),
+            ],
+        );
+        let w = WeightFiles::open_dir(dir.path()).unwrap();
+        assert_eq!(
+            w.get_f32("a", &[2, 2]).unwrap(),
+            vec![1.5, -2.25, 0.0, 65536.0]
+        ); // bf16 rounds 65504 up
+        assert_eq!(w.get_f32("b", &[4]).unwrap(), vals);
+        assert_eq!(w.get_f32("c", &[4]).unwrap(), vals);
+        let e = w.get_f32("a", &[4]).unwrap_err().to_string();
+        assert!(
+            e.contains("`a`") && e.contains("[2, 2]") && e.contains("[4]"),
+            "{e}"
+        );
+        assert!(w
+            .get_f32("zz", &[1])
+            .unwrap_err()
+            .to_string()
+            .contains("`zz` not found"));
+        assert_eq!(w.bytes().0, 8 + 8 + 16);
+    }
+
+    #[test]
+    fn refuses_other_dtypes() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            &dir.path().join(SINGLE_FILE),
+            &[("i", Dtype::I32, vec![1], vec![0; 4])],
+        );
+        let e = WeightFiles::open_dir(dir.path())
+            .unwrap()
+            .get_f32("i", &[1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("I32") && e.contains("`i`"), "{e}");
+    }
+
+    #[test]
+    fn sharded_index_is_checked_against_the_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = 1.0f32.to_le_bytes().to_vec();
+        write(
+            &dir.path().join("s1.safetensors"),
+            &[("x", Dtype::F32, vec![1], f.clone())],
+        );
+        write(
+            &dir.path().join("s2.safetensors"),
+            &[("y", Dtype::F32, vec![1], f)],
+        );
+        let index = |map: &str| {
+            std::fs::write(
+                dir.path().join(INDEX_FILE),
+                format!("{{\"weight_map\": {map}}}"),
+            )
+            .unwrap()
+        };
+        index(r#"{"x": "s1.safetensors", "y": "s2.safetensors"}"#);
+        let w = WeightFiles::open_dir(dir.path()).unwrap();
+        assert_eq!(w.files().len(), 2);
+        assert_eq!(w.get_f32("y", &[1]).unwrap(), vec![1.0]);
+        index(r#"{"x": "s2.safetensors", "y": "s2.safetensors"}"#);
+        let e = WeightFiles::open_dir(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("`x`") && e.contains("s2.safetensors"), "{e}");
+        index(r#"{"x": "s1.safetensors", "z": "missing.safetensors"}"#);
+        let e = WeightFiles::open_dir(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("missing.safetensors"), "{e}");
+        std::fs::write(dir.path().join(INDEX_FILE), "{").unwrap();
+        let e = WeightFiles::open_dir(dir.path()).err().unwrap().to_string();
+        assert!(e.contains(INDEX_FILE), "{e}");
+    }
+}

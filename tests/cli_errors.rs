@@ -11,8 +11,16 @@ use std::process::Command;
 const MODEL: &str = "qwen3-gqa2-tied";
 
 fn engine(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_engine")).args(args).env("HF_HUB_OFFLINE", "1").output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Runs the engine, expects failure with one `error:` line containing every `needle`.
@@ -23,7 +31,10 @@ fn fails_with(args: &[&str], needles: &[&str]) {
     let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("device:")).collect();
     assert_eq!(lines.len(), 1, "{args:?}: expected one line, got:\n{err}");
     assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
-    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
     for n in needles {
         assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
     }
@@ -55,7 +66,16 @@ fn the_happy_path_works() {
     assert!(v["logprobs"][0].is_null() && v["logprobs"][2].as_f64().unwrap() < 0.0);
     let (ok, out, err) = engine(&["score", "--model", s(&m), "--text", "Hello world"]);
     assert!(ok && out.contains("logprobs"), "{err}");
-    let (ok, out, err) = engine(&["generate", "--model", s(&m), "--prompt", "Hello", "--max-new-tokens", "4", "--json"]);
+    let (ok, out, err) = engine(&[
+        "generate",
+        "--model",
+        s(&m),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ids"].as_array().unwrap().len(), 4);
@@ -68,8 +88,14 @@ fn the_happy_path_works() {
 
 #[test]
 fn nonexistent_model_path() {
-    fails_with(&["score", "--model", "/no/such/model", "--ids", "1,2"], &["/no/such/model"]);
-    fails_with(&["score", "--model", "not-an-alias-or-id", "--ids", "1,2"], &["not-an-alias-or-id"]);
+    fails_with(
+        &["score", "--model", "/no/such/model", "--ids", "1,2"],
+        &["/no/such/model"],
+    );
+    fails_with(
+        &["score", "--model", "not-an-alias-or-id", "--ids", "1,2"],
+        &["not-an-alias-or-id"],
+    );
 }
 
 #[test]
@@ -77,9 +103,15 @@ fn missing_or_malformed_config() {
     let (_t, dir) = copy_model();
     let model = s(&dir).to_string();
     std::fs::write(dir.join("config.json"), "{\"model_type\": \"qwen3\",").unwrap();
-    fails_with(&["score", "--model", &model, "--ids", "1,2"], &["config.json", "malformed"]);
+    fails_with(
+        &["score", "--model", &model, "--ids", "1,2"],
+        &["config.json", "malformed"],
+    );
     std::fs::write(dir.join("config.json"), "{\"model_type\": \"qwen3\"}").unwrap();
-    fails_with(&["score", "--model", &model, "--ids", "1,2"], &["config.json", "hidden_size"]);
+    fails_with(
+        &["score", "--model", &model, "--ids", "1,2"],
+        &["config.json", "hidden_size"],
+    );
     std::fs::remove_file(dir.join("config.json")).unwrap();
     fails_with(&["inspect", "--model", &model], &["config.json"]);
 }
@@ -91,11 +123,20 @@ fn truncated_or_garbage_safetensors() {
     let file = dir.join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    fails_with(&["score", "--model", &model, "--ids", "1,2"], &["model.safetensors"]);
+    fails_with(
+        &["score", "--model", &model, "--ids", "1,2"],
+        &["model.safetensors"],
+    );
     std::fs::write(&file, b"this is not a safetensors file at all").unwrap();
-    fails_with(&["score", "--model", &model, "--ids", "1,2"], &["model.safetensors"]);
+    fails_with(
+        &["score", "--model", &model, "--ids", "1,2"],
+        &["model.safetensors"],
+    );
     std::fs::remove_file(&file).unwrap();
-    fails_with(&["score", "--model", &model, "--ids", "1,2"], &["model.safetensors"]);
+    fails_with(
+        &["score", "--model", &model, "--ids", "1,2"],
+        &["model.safetensors"],
+    );
 }
 
 /// Rewrite the checkpoint with `name` dropped, or replaced by a tensor of `shape`.
@@ -113,8 +154,10 @@ fn rewrite(dir: &Path, name: &str, shape: Option<Vec<usize>>) {
         let n: usize = shape.iter().product();
         owned.push((name.to_string(), Dtype::F32, shape, vec![0u8; n * 4]));
     }
-    let views: Vec<(String, TensorView)> =
-        owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
     safetensors::serialize_to_file(views, None, &file).unwrap();
 }
 
@@ -123,32 +166,77 @@ fn missing_or_misshaped_tensor() {
     let name = "model.layers.1.self_attn.k_norm.weight";
     let (_t, dir) = copy_model();
     rewrite(&dir, name, None);
-    fails_with(&["score", "--model", s(&dir), "--ids", "1,2"], &[name, "not found"]);
+    fails_with(
+        &["score", "--model", s(&dir), "--ids", "1,2"],
+        &[name, "not found"],
+    );
     let (_t, dir) = copy_model();
     rewrite(&dir, name, Some(vec![17]));
-    fails_with(&["score", "--model", s(&dir), "--ids", "1,2"], &[name, "[17]", "[16]", "model.safetensors"]);
+    fails_with(
+        &["score", "--model", s(&dir), "--ids", "1,2"],
+        &[name, "[17]", "[16]", "model.safetensors"],
+    );
 }
 
 #[test]
 fn token_ids_outside_the_vocabulary_or_malformed() {
     let m = fixture(MODEL);
-    fails_with(&["score", "--model", s(&m), "--ids", "1,384"], &["384", "vocabulary"]);
-    fails_with(&["score", "--model", s(&m), "--ids", "1,x"], &["--ids", "'x'"]);
+    fails_with(
+        &["score", "--model", s(&m), "--ids", "1,384"],
+        &["384", "vocabulary"],
+    );
+    fails_with(
+        &["score", "--model", s(&m), "--ids", "1,x"],
+        &["--ids", "'x'"],
+    );
     fails_with(&["score", "--model", s(&m), "--ids", ","], &["--ids"]);
-    fails_with(&["generate", "--model", s(&m), "--prompt-ids", "99999"], &["99999", "vocabulary"]);
+    fails_with(
+        &["generate", "--model", s(&m), "--prompt-ids", "99999"],
+        &["99999", "vocabulary"],
+    );
 }
 
 #[test]
 fn empty_prompts() {
     let m = fixture(MODEL);
-    fails_with(&["generate", "--model", s(&m), "--prompt", ""], &["--prompt", "empty"]);
-    fails_with(&["score", "--model", s(&m), "--text", ""], &["--text", "empty"]);
+    fails_with(
+        &["generate", "--model", s(&m), "--prompt", ""],
+        &["--prompt", "empty"],
+    );
+    fails_with(
+        &["score", "--model", s(&m), "--text", ""],
+        &["--text", "empty"],
+    );
 }
 
 #[test]
 fn bad_flags() {
     let m = fixture(MODEL);
-    fails_with(&["score", "--model", s(&m), "--ids", "1,2", "--device", "tpu"], &["--device", "tpu"]);
-    fails_with(&["generate", "--model", s(&m), "--prompt", "hi", "--top-p", "2"], &["--top-p"]);
-    fails_with(&["generate", "--model", s(&m), "--prompt", "hi", "--temperature=-1"], &["--temperature"]);
+    fails_with(
+        &["score", "--model", s(&m), "--ids", "1,2", "--device", "tpu"],
+        &["--device", "tpu"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            s(&m),
+            "--prompt",
+            "hi",
+            "--top-p",
+            "2",
+        ],
+        &["--top-p"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            s(&m),
+            "--prompt",
+            "hi",
+            "--temperature=-1",
+        ],
+        &["--temperature"],
+    );
 }

@@ -100,7 +100,8 @@ fn incremental_decoding_equals_full_recomputation() {
         let h = model.cfg.hidden_size;
         // prefill 4 tokens, then one token at a time, then a chunk of 3
         let mut cache = model.new_cache(1, ids.len()).unwrap();
-        let mut steps: Vec<std::ops::Range<usize>> = vec![0..4];
+        let mut steps: Vec<std::ops::Range<usize>> = Vec::new();
+        steps.push(0..4);
         steps.extend((4..ids.len() - 3).map(|j| j..j + 1));
         steps.push(ids.len() - 3..ids.len());
         for range in steps {

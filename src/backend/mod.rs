@@ -9,6 +9,7 @@
 //! written in the doc comment of each op as `[rows, cols]`.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::sampling::SamplingParams;
 use crate::Result;
@@ -45,6 +46,8 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
 
     fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
+    /// Upload into a buffer kept in f32 (see `zeros_f32`).
+    fn upload_f32(&self, host: &[f32]) -> Result<Self::Buf>;
     fn upload_idx(&self, host: &[u32]) -> Result<Self::Idx>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     /// A buffer of `len` elements, all zero.

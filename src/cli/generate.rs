@@ -1,13 +1,16 @@
 //! `engine generate`: continue a prompt (greedy when `--temperature 0`, the default).
 
-use super::{load_tokenizer, parse_ids, print_json, ModelArgs};
+use super::{load_tokenizer, parse_ids, print_json, ModelArgs, ModelJob};
+use onelayer::backend::Backend;
 use onelayer::chat::ChatTemplate;
 use onelayer::config::Family;
 use onelayer::generate::{generate, GenerateParams};
 use onelayer::generation_config::stop_token_ids;
+use onelayer::model::Model;
 use onelayer::sampling::SamplingParams;
 use onelayer::{Error, Result};
 use serde_json::json;
+use std::path::Path;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -56,9 +59,23 @@ pub fn run(a: Args) -> Result<()> {
         top_k: a.top_k,
     };
     sampling.validate()?;
-    let (dir, model) = a.model.load()?;
+    a.model.clone().run(a)
+}
+
+impl ModelJob for Args {
+    fn run<B: Backend>(self, dir: &Path, model: Model<B>) -> Result<()> {
+        generate_text(self, dir, model)
+    }
+}
+
+fn generate_text<B: Backend>(a: Args, dir: &Path, model: Model<B>) -> Result<()> {
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+    };
     let tokenizer = if a.prompt.is_some() || !a.json {
-        Some(load_tokenizer(&dir)?)
+        Some(load_tokenizer(dir)?)
     } else {
         None
     };
@@ -72,7 +89,7 @@ pub fn run(a: Args) -> Result<()> {
                     Family::Qwen3 => "qwen3",
                     Family::Qwen2 => "qwen2",
                 };
-                ChatTemplate::detect(&dir, model_type).prompt(
+                ChatTemplate::detect(dir, model_type).prompt(
                     a.system.as_deref(),
                     text,
                     !a.no_think,
@@ -85,7 +102,7 @@ pub fn run(a: Args) -> Result<()> {
         (_, Some(ids), _) => parse_ids("--prompt-ids", ids)?,
         _ => return Err(Error::invalid("give --prompt or --prompt-ids")),
     };
-    let mut stop_ids = stop_token_ids(&dir, &model.cfg.eos_token_ids)?;
+    let mut stop_ids = stop_token_ids(dir, &model.cfg.eos_token_ids)?;
     if let Some(im_end) = tokenizer.as_ref().and_then(|t| t.token_id("<|im_end|>")) {
         if a.chat && !stop_ids.contains(&im_end) {
             stop_ids.push(im_end);

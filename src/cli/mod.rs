@@ -2,16 +2,20 @@
 
 mod generate;
 mod inspect;
+mod kernels;
 mod score;
 
 use clap::{Parser, Subcommand};
 use onelayer::backend::cpu::CpuBackend;
+use onelayer::backend::cuda::{emu::EmuDevice, gpu::GpuDevice, CudaBackend};
+use onelayer::backend::Backend;
 use onelayer::device::Device;
 use onelayer::model::Model;
 use onelayer::resolve::resolve_model;
 use onelayer::tokenizer::Tokenizer;
 use onelayer::{Error, Result};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,6 +36,9 @@ pub enum Command {
     Generate(generate::Args),
     /// Show a model's configuration, parameter counts and weight bytes.
     Inspect(inspect::Args),
+    /// List the CUDA kernels; --check compiles them with NVRTC (no GPU needed) and
+    /// reports registers, shared memory and spills per kernel.
+    Kernels(kernels::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -39,6 +46,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => score::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Kernels(a) => kernels::run(a),
     }
 }
 
@@ -49,7 +57,7 @@ pub struct ModelArgs {
     /// local directory in HF layout.
     #[arg(long)]
     pub model: String,
-    /// auto | cpu
+    /// auto | cpu | cuda | cuda:N | emu (the CUDA kernels on the host emulator)
     #[arg(long, default_value = "auto")]
     pub device: String,
 }
@@ -59,19 +67,42 @@ impl ModelArgs {
         resolve_model(&self.model)
     }
 
-    pub fn load(&self) -> Result<(PathBuf, Model<CpuBackend>)> {
+    /// Load the model on the chosen device and run `job` with it.
+    pub fn run<J: ModelJob>(&self, job: J) -> Result<()> {
         let device: Device = self.device.parse()?;
         let dir = self.dir()?;
-        let model = match device.resolve() {
-            Device::Cpu | Device::Auto => Model::load(&dir, CpuBackend::<f32>::new())?,
-        };
-        if device == Device::Auto {
-            eprintln!(
-                "device: {}",
-                onelayer::backend::Backend::name(&model.backend)
-            );
+        let resolved = device.resolve();
+        let flag = |e: Error| Error::invalid(format!("--device {}: {e}", self.device));
+        match resolved {
+            Device::Cpu | Device::Auto => {
+                let model = Model::load(&dir, CpuBackend::<f32>::new())?;
+                announce(device, &model);
+                job.run(&dir, model)
+            }
+            Device::Cuda(i) => {
+                let gpu = GpuDevice::open(i).map_err(flag)?;
+                let model = Model::load(&dir, CudaBackend::new(Arc::new(gpu)))?;
+                announce(device, &model);
+                job.run(&dir, model)
+            }
+            Device::Emu => {
+                let model = Model::load(&dir, CudaBackend::new(Arc::new(EmuDevice::new())))?;
+                announce(device, &model);
+                job.run(&dir, model)
+            }
         }
-        Ok((dir, model))
+    }
+}
+
+/// Work that needs a loaded model, generic over the backend it landed on.
+pub trait ModelJob {
+    fn run<B: Backend>(self, dir: &Path, model: Model<B>) -> Result<()>;
+}
+
+/// With `--device auto`, say which device was picked (on stderr).
+fn announce<B: Backend>(device: Device, model: &Model<B>) {
+    if device == Device::Auto {
+        eprintln!("device: {}", model.backend.name());
     }
 }
 

@@ -1,9 +1,12 @@
 //! `engine score`: `{"ids": [...], "logprobs": [null, lp1, ...]}` where `logprobs[i]`
 //! is log p(ids[i] | ids[<i]).
 
-use super::{load_tokenizer, parse_ids, print_json, ModelArgs};
+use super::{load_tokenizer, parse_ids, print_json, ModelArgs, ModelJob};
+use onelayer::backend::Backend;
+use onelayer::model::Model;
 use onelayer::{Error, Result};
 use serde_json::json;
+use std::path::Path;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -18,11 +21,20 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (dir, model) = a.model.load()?;
+    a.model.clone().run(a)
+}
+
+impl ModelJob for Args {
+    fn run<B: Backend>(self, dir: &Path, model: Model<B>) -> Result<()> {
+        score(self, dir, model)
+    }
+}
+
+fn score<B: Backend>(a: Args, dir: &Path, model: Model<B>) -> Result<()> {
     let ids = match (&a.ids, &a.text) {
         (Some(ids), _) => parse_ids("--ids", ids)?,
         (None, Some(text)) => {
-            let ids = load_tokenizer(&dir)?.encode(text)?;
+            let ids = load_tokenizer(dir)?.encode(text)?;
             if ids.is_empty() {
                 return Err(Error::invalid("--text: empty text"));
             }

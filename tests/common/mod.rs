@@ -117,3 +117,19 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
         want[d.worst]
     );
 }
+
+/// The CUDA backends to test: the host emulator always, and GPU 0 when one is
+/// usable (so the same tests run against the real device).
+pub fn cuda_backends() -> Vec<(String, onelayer::backend::cuda::CudaBackend)> {
+    use onelayer::backend::cuda::{emu::EmuDevice, gpu::GpuDevice, CudaBackend};
+    use std::sync::Arc;
+    let mut v = vec![(
+        "emu".to_string(),
+        CudaBackend::new(Arc::new(EmuDevice::new())),
+    )];
+    match GpuDevice::open(0) {
+        Ok(gpu) => v.push(("gpu".to_string(), CudaBackend::new(Arc::new(gpu)))),
+        Err(e) => eprintln!("no GPU test: {e}"),
+    }
+    v
+}

@@ -52,6 +52,10 @@ impl<T: Real> Backend for CpuBackend<T> {
         Ok(host.iter().map(|&v| T::from_f32(v)).collect())
     }
 
+    fn upload_f32(&self, host: &[f32]) -> Result<Vec<T>> {
+        self.upload(host)
+    }
+
     fn upload_idx(&self, host: &[u32]) -> Result<Vec<u32>> {
         Ok(host.to_vec())
     }

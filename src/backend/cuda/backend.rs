@@ -1,0 +1,446 @@
+//! `CudaBackend`: the `Backend` ops as launches of the kernels in `kernels/` and
+//! cuBLAS GEMMs, over a `Device` (the GPU, or the host emulator in tests).
+//!
+//! Activations and frozen weights are bf16; logits, log-probs and the attention
+//! log-sum-exp are f32. Every kernel has exactly one launcher here or in
+//! `launch.rs`, which is the only place that passes its arguments.
+
+use super::attention_plan::{decode_splits, is_pure_decode, padded_head_dim, prefill_tiles};
+use super::buffers::{decode, encode, CudaBuf, CudaIdx, DType};
+use super::device::{Device, DevicePtr, GemmArgs, KernelArg};
+use super::launch::{grid_1d, launch, ptr, Launch};
+use crate::backend::cpu::inv_freq;
+use crate::backend::{AttnDims, Backend};
+use crate::sampling::SamplingParams;
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Blocks the decode attention aims to launch (about two waves on an H100's 132 SMs).
+const DECODE_TARGET_BLOCKS: usize = 264;
+
+pub struct CudaBackend {
+    dev: Arc<dyn Device>,
+    /// RoPE inverse frequencies per (head_dim, theta bits), computed on the host like
+    /// the CPU reference and uploaded once.
+    inv_freq: Mutex<HashMap<(usize, u32), Arc<CudaBuf>>>,
+}
+
+impl CudaBackend {
+    pub fn new(dev: Arc<dyn Device>) -> Self {
+        CudaBackend {
+            dev,
+            inv_freq: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn device(&self) -> &Arc<dyn Device> {
+        &self.dev
+    }
+
+    fn alloc(&self, len: usize, dtype: DType) -> Result<CudaBuf> {
+        let buf = CudaBuf::alloc(&self.dev, len, dtype)?;
+        self.dev.zero(buf.ptr(), buf.bytes())?;
+        Ok(buf)
+    }
+
+    /// Upload host bytes of `dtype` into a new buffer.
+    pub fn upload_as(&self, values: &[f32], dtype: DType) -> Result<CudaBuf> {
+        let buf = CudaBuf::alloc(&self.dev, values.len(), dtype)?;
+        self.dev.upload(buf.ptr(), &encode(values, dtype))?;
+        Ok(buf)
+    }
+
+    fn inv_freq(&self, head_dim: usize, theta: f32) -> Result<Arc<CudaBuf>> {
+        let mut cache = self.inv_freq.lock().expect("inv_freq lock");
+        if let Some(b) = cache.get(&(head_dim, theta.to_bits())) {
+            return Ok(b.clone());
+        }
+        let buf = Arc::new(self.upload_as(&inv_freq(head_dim, theta), DType::F32)?);
+        cache.insert((head_dim, theta.to_bits()), buf.clone());
+        Ok(buf)
+    }
+
+    fn i32(v: usize, what: &str) -> Result<KernelArg> {
+        i32::try_from(v)
+            .map(KernelArg::I32)
+            .map_err(|_| Error::invalid(format!("{what} = {v} exceeds the i32 range")))
+    }
+}
+
+fn check_len(buf: &CudaBuf, len: usize, what: &str) -> Result<()> {
+    if buf.len() != len {
+        return Err(Error::invalid(format!(
+            "{what}: buffer has {} elements, expected {len}",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+    type Idx = CudaIdx;
+
+    fn name(&self) -> String {
+        self.dev.name()
+    }
+
+    fn upload(&self, host: &[f32]) -> Result<CudaBuf> {
+        self.upload_as(host, DType::Bf16)
+    }
+
+    fn upload_f32(&self, host: &[f32]) -> Result<CudaBuf> {
+        self.upload_as(host, DType::F32)
+    }
+
+    fn upload_idx(&self, host: &[u32]) -> Result<CudaIdx> {
+        let buf = CudaBuf::alloc(&self.dev, host.len(), DType::F32)?; // 4-byte elements
+        let bytes: Vec<u8> = host
+            .iter()
+            .flat_map(|v| (*v as i32).to_le_bytes())
+            .collect();
+        self.dev.upload(buf.ptr(), &bytes)?;
+        Ok(CudaIdx {
+            buf,
+            host: host.to_vec(),
+        })
+    }
+
+    fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        let mut bytes = vec![0u8; buf.bytes()];
+        self.dev.download(buf.ptr(), &mut bytes)?;
+        Ok(decode(&bytes, buf.dtype()))
+    }
+
+    fn zeros(&self, len: usize) -> Result<CudaBuf> {
+        self.alloc(len, DType::Bf16)
+    }
+
+    fn zeros_f32(&self, len: usize) -> Result<CudaBuf> {
+        self.alloc(len, DType::F32)
+    }
+
+    fn len(&self, buf: &CudaBuf) -> usize {
+        buf.len()
+    }
+
+    fn slice(&self, src: &CudaBuf, start: usize, len: usize) -> Result<CudaBuf> {
+        if start + len > src.len() {
+            return Err(Error::invalid(format!(
+                "slice {start}..{} of a buffer of {}",
+                start + len,
+                src.len()
+            )));
+        }
+        let out = CudaBuf::alloc(&self.dev, len, src.dtype())?;
+        let size = src.dtype().size();
+        self.dev.copy(
+            out.ptr(),
+            DevicePtr(src.ptr().0 + (start * size) as u64),
+            len * size,
+        )?;
+        Ok(out)
+    }
+
+    fn embedding(
+        &self,
+        out: &mut CudaBuf,
+        ids: &CudaIdx,
+        table: &CudaBuf,
+        tokens: usize,
+        dim: usize,
+    ) -> Result<()> {
+        check_len(out, tokens * dim, "embedding out")?;
+        let rows = table.len() / dim.max(1);
+        if let Some(&bad) = ids.host.iter().find(|&&i| i as usize >= rows) {
+            return Err(Error::invalid(format!(
+                "embedding: row {bad} outside a table of {rows} rows"
+            )));
+        }
+        let args = [
+            ptr(out.expect(DType::Bf16, "embedding out")?),
+            ptr(ids.buf.ptr()),
+            ptr(table.expect(DType::Bf16, "embedding table")?),
+            Self::i32(tokens, "tokens")?,
+            Self::i32(dim, "dim")?,
+        ];
+        launch(
+            &*self.dev,
+            "embedding_forward_bf16",
+            Launch::new([tokens as u32, 1, 1], 128),
+            &args,
+        )
+    }
+
+    fn rmsnorm(
+        &self,
+        out: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check_len(out, rows * dim, "rmsnorm out")?;
+        check_len(x, rows * dim, "rmsnorm x")?;
+        check_len(w, dim, "rmsnorm weight")?;
+        super::launch::rmsnorm_bf16(&*self.dev, out, x, w, rows, dim, eps)
+    }
+
+    fn linear(
+        &self,
+        out: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        bias: Option<&CudaBuf>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        check_len(out, m * n, "linear out")?;
+        check_len(x, m * k, "linear x")?;
+        check_len(w, n * k, "linear w")?;
+        let g = GemmArgs {
+            out: out.ptr(),
+            out_f32: out.dtype() == DType::F32,
+            x: x.expect(DType::Bf16, "linear x")?,
+            w: w.expect(DType::Bf16, "linear w")?,
+            m,
+            n,
+            k,
+        };
+        self.dev.gemm(&g)?;
+        if let Some(b) = bias {
+            check_len(b, n, "linear bias")?;
+            let name = if g.out_f32 {
+                "bias_add_f32"
+            } else {
+                "bias_add_bf16"
+            };
+            let args = [
+                ptr(out.ptr()),
+                ptr(b.expect(DType::Bf16, "bias")?),
+                Self::i32(m, "m")?,
+                Self::i32(n, "n")?,
+            ];
+            launch(
+                &*self.dev,
+                name,
+                Launch::new([grid_1d(m * n, 256), 1, 1], 256),
+                &args,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaBuf,
+        pos: &CudaIdx,
+        tokens: usize,
+        heads: usize,
+        hd: usize,
+        theta: f32,
+    ) -> Result<()> {
+        check_len(x, tokens * heads * hd, "rope x")?;
+        let freqs = self.inv_freq(hd, theta)?;
+        let args = [
+            ptr(x.expect(DType::Bf16, "rope x")?),
+            ptr(pos.buf.ptr()),
+            ptr(freqs.ptr()),
+            Self::i32(tokens, "tokens")?,
+            Self::i32(heads, "heads")?,
+            Self::i32(hd, "head_dim")?,
+        ];
+        launch(
+            &*self.dev,
+            "rope_forward_bf16",
+            Launch::new([tokens as u32, 1, 1], 128),
+            &args,
+        )
+    }
+
+    fn kv_write(
+        &self,
+        cache: &mut CudaBuf,
+        x: &CudaBuf,
+        slot: &CudaIdx,
+        pos: &CudaIdx,
+        d: AttnDims,
+    ) -> Result<()> {
+        check_len(cache, d.cache_len(), "kv cache")?;
+        let row = d.kv_heads * d.head_dim;
+        check_len(x, d.tokens * row, "kv_write x")?;
+        for (&s, &p) in slot.host.iter().zip(&pos.host) {
+            if s as usize >= d.slots || p as usize >= d.max_len {
+                return Err(Error::invalid(format!(
+                    "kv_write: slot {s} pos {p} outside the cache"
+                )));
+            }
+        }
+        let args = [
+            ptr(cache.expect(DType::Bf16, "kv cache")?),
+            ptr(x.expect(DType::Bf16, "kv_write x")?),
+            ptr(slot.buf.ptr()),
+            ptr(pos.buf.ptr()),
+            Self::i32(d.tokens, "tokens")?,
+            Self::i32(row, "row")?,
+            Self::i32(d.max_len, "max_len")?,
+        ];
+        launch(
+            &*self.dev,
+            "kv_write_forward_bf16",
+            Launch::new([d.tokens as u32, 1, 1], 128),
+            &args,
+        )
+    }
+
+    fn attention(
+        &self,
+        out: &mut CudaBuf,
+        q: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        slot: &CudaIdx,
+        pos: &CudaIdx,
+        d: AttnDims,
+        scale: f32,
+    ) -> Result<()> {
+        check_len(out, d.tokens * d.heads * d.head_dim, "attention out")?;
+        check_len(q, d.tokens * d.heads * d.head_dim, "attention q")?;
+        check_len(k_cache, d.cache_len(), "attention k_cache")?;
+        check_len(v_cache, d.cache_len(), "attention v_cache")?;
+        let dt = padded_head_dim(d.head_dim).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "head_dim {} on CUDA (a multiple of 16 up to 256)",
+                d.head_dim
+            ))
+        })?;
+        if d.heads % d.kv_heads != 0 {
+            return Err(Error::invalid(
+                "attention: heads is not a multiple of kv_heads",
+            ));
+        }
+        let tiles = prefill_tiles(&slot.host, &pos.host);
+        if is_pure_decode(&tiles) {
+            let max_keys = pos.host.iter().max().map_or(1, |&p| p as usize + 1);
+            super::launch::attention_decode(
+                &*self.dev, self, out, q, k_cache, v_cache, slot, pos, d, scale, max_keys,
+            )
+        } else {
+            let tiles = self.upload_idx(&tiles.iter().map(|&v| v as u32).collect::<Vec<_>>())?;
+            super::launch::attention_prefill(
+                &*self.dev, out, q, k_cache, v_cache, &tiles, d, dt, scale,
+            )
+        }
+    }
+
+    fn swiglu(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf, n: usize) -> Result<()> {
+        check_len(out, n, "swiglu out")?;
+        check_len(gate, n, "swiglu gate")?;
+        check_len(up, n, "swiglu up")?;
+        let args = [
+            ptr(out.expect(DType::Bf16, "swiglu out")?),
+            ptr(gate.expect(DType::Bf16, "swiglu gate")?),
+            ptr(up.expect(DType::Bf16, "swiglu up")?),
+            Self::i32(n, "n")?,
+        ];
+        launch(
+            &*self.dev,
+            "swiglu_forward_bf16",
+            Launch::new([grid_1d(n, 256 * 8), 1, 1], 256),
+            &args,
+        )
+    }
+
+    fn add_assign(&self, x: &mut CudaBuf, y: &CudaBuf) -> Result<()> {
+        check_len(y, x.len(), "add_assign y")?;
+        let n = x.len();
+        let args = [
+            ptr(x.expect(DType::Bf16, "add_assign x")?),
+            ptr(y.expect(DType::Bf16, "add_assign y")?),
+            Self::i32(n, "n")?,
+        ];
+        launch(
+            &*self.dev,
+            "add_assign_bf16",
+            Launch::new([grid_1d(n, 256 * 8), 1, 1], 256),
+            &args,
+        )
+    }
+
+    fn sample(
+        &self,
+        logits: &CudaBuf,
+        streams: &[u64],
+        vocab: usize,
+        p: &SamplingParams,
+        seed: u64,
+    ) -> Result<Vec<u32>> {
+        let rows = streams.len();
+        check_len(logits, rows * vocab, "sample logits")?;
+        let stream_buf = CudaBuf::alloc(&self.dev, rows * 2, DType::F32)?; // u64 = two 4-byte words
+        self.dev.upload(
+            stream_buf.ptr(),
+            &streams
+                .iter()
+                .flat_map(|s| s.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        )?;
+        let out = CudaBuf::alloc(&self.dev, rows, DType::F32)?; // int32 results
+        let args = [
+            ptr(out.ptr()),
+            ptr(logits.expect(DType::F32, "sample logits")?),
+            ptr(stream_buf.ptr()),
+            Self::i32(rows, "rows")?,
+            Self::i32(vocab, "vocab")?,
+            KernelArg::F32(p.temperature),
+            Self::i32(p.top_k.min(vocab), "top_k")?,
+            KernelArg::F32(p.top_p),
+            KernelArg::U64(seed),
+        ];
+        launch(
+            &*self.dev,
+            "sample_forward_f32",
+            Launch::new([rows as u32, 1, 1], 512),
+            &args,
+        )?;
+        let mut bytes = vec![0u8; rows * 4];
+        self.dev.download(out.ptr(), &mut bytes)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32)
+            .collect())
+    }
+
+    fn logprob_gather(
+        &self,
+        out: &mut CudaBuf,
+        logits: &CudaBuf,
+        target: &CudaIdx,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        check_len(out, rows, "logprob out")?;
+        check_len(logits, rows * vocab, "logprob logits")?;
+        let args = [
+            ptr(out.expect(DType::F32, "logprob out")?),
+            ptr(logits.expect(DType::F32, "logprob logits")?),
+            ptr(target.buf.ptr()),
+            Self::i32(rows, "rows")?,
+            Self::i32(vocab, "vocab")?,
+        ];
+        launch(
+            &*self.dev,
+            "logprob_gather_forward_f32",
+            Launch::new([rows as u32, 1, 1], 256),
+            &args,
+        )
+    }
+}
+
+/// Decode-attention split sizes for this device's launch (re-exported for tests).
+pub fn plan_decode(tokens: usize, head_blocks: usize, max_keys: usize) -> (usize, usize) {
+    decode_splits(tokens, head_blocks, max_keys, DECODE_TARGET_BLOCKS)
+}

@@ -1,0 +1,241 @@
+//! The small device interface the cuda backend is written against, with two
+//! implementations: the real GPU (`gpu`, through cudarc) and the host emulator
+//! (`emu`, host memory and the C++ emulation of `kernels/`).
+//!
+//! Device memory is addressed by `DevicePtr` (a device address on a GPU, a host address
+//! in the emulator); kernels are launched by name with a `LaunchConfig` and
+//! `KernelArg`s, which every implementation checks against the signature build.rs
+//! parsed from the source (`check_args`) before launching. GEMMs (`GemmArgs`) are not
+//! kernels of ours: cuBLAS on a GPU, a CPU GEMM in the emulator.
+
+use crate::kernels::{self, ArgKind, KernelSig};
+use crate::{Error, Result};
+use std::ffi::c_void;
+
+/// An address in device memory. `DevicePtr(0)` is null (kernels take it for optional
+/// outputs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DevicePtr(pub u64);
+
+impl DevicePtr {
+    pub const NULL: DevicePtr = DevicePtr(0);
+
+    pub fn is_null(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The address `bytes` further on.
+    pub fn offset(self, bytes: usize) -> DevicePtr {
+        DevicePtr(self.0 + bytes as u64)
+    }
+}
+
+/// Grid and block dimensions (x, y, z) and dynamic shared memory of a launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl LaunchConfig {
+    /// A 1-D grid of 1-D blocks.
+    pub fn linear(grid: u32, block: u32, shared_bytes: u32) -> Self {
+        LaunchConfig {
+            grid: [grid, 1, 1],
+            block: [block, 1, 1],
+            shared_bytes,
+        }
+    }
+
+    /// Threads per block.
+    pub fn threads(&self) -> u64 {
+        self.block.iter().map(|&b| b as u64).product()
+    }
+
+    /// The limits every CUDA device shares: 1..=1024 threads per block, block z <= 64,
+    /// grid x < 2^31, grid y and z <= 65535, at most 227 KiB of dynamic shared memory.
+    pub fn validate(&self, kernel: &str) -> Result<()> {
+        let t = self.threads();
+        if t == 0 || t > 1024 || self.block[2] > 64 {
+            return Err(Error::invalid(format!(
+                "kernel {kernel}: block {:?} has {t} threads (1..=1024, z <= 64)",
+                self.block
+            )));
+        }
+        if self.grid.contains(&0)
+            || self.grid[0] > 0x7fff_ffff
+            || self.grid[1] > 65535
+            || self.grid[2] > 65535
+        {
+            return Err(Error::invalid(format!(
+                "kernel {kernel}: grid {:?} is out of range (x 1..2^31-1, y and z 1..65535)",
+                self.grid
+            )));
+        }
+        if self.shared_bytes > 227 * 1024 {
+            return Err(Error::invalid(format!(
+                "kernel {kernel}: {} bytes of dynamic shared memory (at most 227 KiB)",
+                self.shared_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One kernel argument, by value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KernelArg {
+    Ptr(DevicePtr),
+    I32(i32),
+    U32(u32),
+    F32(f32),
+    U64(u64),
+}
+
+impl KernelArg {
+    pub fn kind(&self) -> ArgKind {
+        match self {
+            KernelArg::Ptr(_) => ArgKind::Ptr,
+            KernelArg::I32(_) => ArgKind::I32,
+            KernelArg::U32(_) => ArgKind::U32,
+            KernelArg::F32(_) => ArgKind::F32,
+            KernelArg::U64(_) => ArgKind::U64,
+        }
+    }
+
+    /// The value's bytes in the low end of a u64 (little-endian): what a kernel reads
+    /// through a pointer to it, 4 or 8 bytes.
+    pub fn slot(&self) -> u64 {
+        match *self {
+            KernelArg::Ptr(p) => p.0,
+            KernelArg::I32(v) => v as u32 as u64,
+            KernelArg::U32(v) => v as u64,
+            KernelArg::F32(v) => v.to_bits() as u64,
+            KernelArg::U64(v) => v,
+        }
+    }
+}
+
+impl From<DevicePtr> for KernelArg {
+    fn from(p: DevicePtr) -> Self {
+        KernelArg::Ptr(p)
+    }
+}
+impl From<i32> for KernelArg {
+    fn from(v: i32) -> Self {
+        KernelArg::I32(v)
+    }
+}
+impl From<u32> for KernelArg {
+    fn from(v: u32) -> Self {
+        KernelArg::U32(v)
+    }
+}
+impl From<f32> for KernelArg {
+    fn from(v: f32) -> Self {
+        KernelArg::F32(v)
+    }
+}
+impl From<u64> for KernelArg {
+    fn from(v: u64) -> Self {
+        KernelArg::U64(v)
+    }
+}
+
+/// The signature of `kernel`, after checking `args` against it: one error naming the
+/// kernel and its full signature on an unknown name, a wrong count or a wrong kind.
+pub fn check_args(kernel: &str, args: &[KernelArg]) -> Result<&'static KernelSig> {
+    let (_, sig) =
+        kernels::find(kernel).ok_or_else(|| Error::invalid(format!("unknown kernel {kernel}")))?;
+    if sig.args.len() != args.len() {
+        return Err(Error::invalid(format!(
+            "kernel {kernel} takes {} arguments, got {}: {}",
+            sig.args.len(),
+            args.len(),
+            sig.describe()
+        )));
+    }
+    for (i, (want, got)) in sig.args.iter().zip(args).enumerate() {
+        if *want != got.kind() {
+            return Err(Error::invalid(format!(
+                "kernel {kernel}: argument {i} ({}) must be {want}, got {}: {}",
+                sig.arg_names[i],
+                got.kind(),
+                sig.describe()
+            )));
+        }
+    }
+    Ok(sig)
+}
+
+/// Argument values laid out for a launch: `pointers()` is cuLaunchKernel's
+/// `kernelParams` (and the emulator's `args`), valid while the pack lives.
+pub struct ArgPack {
+    slots: Vec<u64>,
+}
+
+impl ArgPack {
+    pub fn new(args: &[KernelArg]) -> Self {
+        ArgPack {
+            slots: args.iter().map(KernelArg::slot).collect(),
+        }
+    }
+
+    pub fn pointers(&mut self) -> Vec<*mut c_void> {
+        self.slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect()
+    }
+}
+
+/// A Hugging Face `Linear` on the device: `out[m, n] = x[m, k] · w[n, k]ᵀ`, row-major,
+/// x and w bf16, f32 accumulation; `out` is f32 when `out_f32`, else bf16 (rounded
+/// once, to nearest even).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmArgs {
+    pub out: DevicePtr,
+    pub out_f32: bool,
+    pub x: DevicePtr,
+    pub w: DevicePtr,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// Allocation, copies, kernel launches and GEMMs on one device. Launches are ordered; a
+/// `download` sees the effect of every launch before it.
+pub trait Device: Send + Sync {
+    fn name(&self) -> String;
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr>;
+    fn free(&self, p: DevicePtr);
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
+    fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+    /// Set `bytes` bytes at `p` to zero.
+    fn zero(&self, p: DevicePtr, bytes: usize) -> Result<()>;
+    /// Copy `bytes` bytes from `src` to `dst` (device to device, not overlapping).
+    fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()>;
+    /// See `GemmArgs`. cuBLAS on a GPU, a CPU GEMM in the emulator.
+    fn gemm(&self, g: &GemmArgs) -> Result<()>;
+}
+
+/// A new allocation holding `data`.
+pub fn upload_new<T: bytemuck::Pod>(dev: &dyn Device, data: &[T]) -> Result<DevicePtr> {
+    let p = dev.alloc(std::mem::size_of_val(data))?;
+    dev.upload(p, bytemuck::cast_slice(data))?;
+    Ok(p)
+}
+
+/// `len` elements of type `T` from `src`.
+pub fn download_vec<T: bytemuck::Pod>(
+    dev: &dyn Device,
+    src: DevicePtr,
+    len: usize,
+) -> Result<Vec<T>> {
+    let mut v = vec![T::zeroed(); len];
+    dev.download(src, bytemuck::cast_slice_mut(&mut v))?;
+    Ok(v)
+}
