@@ -240,3 +240,59 @@ fn bad_flags() {
         &["--temperature"],
     );
 }
+
+#[test]
+fn devices() {
+    let m = fixture(MODEL);
+    // the emulated CUDA backend agrees with the CPU within bf16 error
+    let score = |device: &str| -> Vec<f64> {
+        let (ok, out, err) = engine(&[
+            "score",
+            "--model",
+            s(&m),
+            "--ids",
+            "5,9,200,3",
+            "--device",
+            device,
+        ]);
+        assert!(ok, "{device}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["logprobs"].as_array().unwrap()[1..]
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (cpu, emu) = (score("cpu"), score("emu"));
+    for (a, b) in cpu.iter().zip(&emu) {
+        assert!(
+            (a - b).abs() < 0.1 + 0.02 * a.abs(),
+            "cpu {cpu:?} vs emu {emu:?}"
+        );
+    }
+    if onelayer::backend::cuda::gpu::probe().is_none() {
+        fails_with(
+            &[
+                "score",
+                "--model",
+                s(&m),
+                "--ids",
+                "1,2",
+                "--device",
+                "cuda",
+            ],
+            &["--device cuda"],
+        );
+        fails_with(
+            &[
+                "score",
+                "--model",
+                s(&m),
+                "--ids",
+                "1,2",
+                "--device",
+                "cuda:3",
+            ],
+            &["--device cuda:3"],
+        );
+    }
+}
