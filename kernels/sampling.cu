@@ -20,19 +20,6 @@
 
 #define SAMPLE_THREADS 512
 
-__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-// Uniform in (0, 1) from 24 random bits.
-__device__ __forceinline__ float hash_uniform(unsigned long long seed, unsigned long long stream, unsigned int i) {
-    const unsigned long long z = mix64(seed ^ mix64(stream ^ mix64((unsigned long long)i)));
-    return ((float)(z >> 40) + 0.5f) * (1.0f / 16777216.0f);
-}
-
 // Order-preserving key of a float (larger float, larger key).
 __device__ __forceinline__ unsigned int order_key(float x) {
     const unsigned int b = __float_as_uint(x);

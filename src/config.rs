@@ -12,6 +12,10 @@
 //! Settings the engine does not implement (rope scaling, an active sliding window,
 //! another activation or model type) are refused, never silently ignored.
 
+mod builtin;
+
+pub use builtin::{builtin, builtin_names};
+
 use crate::error::{Error, FileContext, Result};
 use serde::Deserialize;
 use serde_json::Value;

@@ -296,3 +296,38 @@ fn devices() {
         );
     }
 }
+
+#[test]
+fn bench_runs_on_a_builtin_shape() {
+    let (ok, out, err) = engine(&[
+        "bench",
+        "--shape",
+        "tiny",
+        "--device",
+        "cpu",
+        "--batch",
+        "2",
+        "--prompt-len",
+        "8",
+        "--new-tokens",
+        "3",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["prefill_tokens_per_s"].as_f64().unwrap() > 0.0
+            && v["decode_tokens_per_s"].as_f64().unwrap() > 0.0
+    );
+    assert_eq!(v["batch"], 2);
+    fails_with(
+        &["bench", "--shape", "llama-7b", "--device", "cpu"],
+        &["--shape", "llama-7b"],
+    );
+    fails_with(
+        &[
+            "bench", "--shape", "tiny", "--device", "cpu", "--batch", "0",
+        ],
+        &["--batch"],
+    );
+}

@@ -127,3 +127,23 @@ fn unsupported_head_dim_is_a_clear_error() {
         assert!(e.contains("head_dim 24"), "{dev}: {e}");
     }
 }
+
+#[test]
+fn random_models_are_the_same_on_every_backend() {
+    let cfg = onelayer::config::builtin("tiny").unwrap();
+    let cpu = Model::random(cfg.clone(), CpuBackend::<f32>::new(), 3).unwrap();
+    let seqs = vec![
+        (0..21).map(|i| i * 7 % 500).collect::<Vec<u32>>(),
+        vec![5, 6, 7],
+    ];
+    let want = cpu.score(&seqs).unwrap().concat();
+    for (dev, be) in cuda_backends() {
+        let model = Model::random(cfg.clone(), be, 3).unwrap();
+        assert_close(
+            &format!("{dev} random tiny"),
+            &model.score(&seqs).unwrap().concat(),
+            &want,
+            2e-2,
+        );
+    }
+}

@@ -44,6 +44,8 @@ pub trait Backend: Send + Sync {
 
     /// Human-readable device name, e.g. `cpu (f32, 2 threads)`.
     fn name(&self) -> String;
+    /// Wait until all queued work is done (timing; a no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
 
     fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
     /// Upload into a buffer kept in f32 (see `zeros_f32`).
@@ -56,6 +58,9 @@ pub trait Backend: Send + Sync {
     /// (logits, log-probs, losses).
     fn zeros_f32(&self, len: usize) -> Result<Self::Buf>;
     fn len(&self, buf: &Self::Buf) -> usize;
+    /// `len` values `lo + (hi - lo) * hash_uniform(seed, 0, i)` (random weights for
+    /// benchmarks and tests; see `crate::sampling::hash_uniform`).
+    fn fill_uniform(&self, len: usize, lo: f32, hi: f32, seed: u64) -> Result<Self::Buf>;
     /// A new buffer holding `src[start..start + len]`.
     fn slice(&self, src: &Self::Buf, start: usize, len: usize) -> Result<Self::Buf>;
 

@@ -1,5 +1,6 @@
 //! Subcommands. Each file holds one subcommand's flags and its `run`.
 
+mod bench;
 mod generate;
 mod inspect;
 mod kernels;
@@ -36,6 +37,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Show a model's configuration, parameter counts and weight bytes.
     Inspect(inspect::Args),
+    /// Prefill and decode throughput (random weights of a built-in shape by default).
+    Bench(bench::Args),
     /// List the CUDA kernels; --check compiles them with NVRTC (no GPU needed) and
     /// reports registers, shared memory and spills per kernel.
     Kernels(kernels::Args),
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Kernels(a) => kernels::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
@@ -69,28 +73,8 @@ impl ModelArgs {
 
     /// Load the model on the chosen device and run `job` with it.
     pub fn run<J: ModelJob>(&self, job: J) -> Result<()> {
-        let device: Device = self.device.parse()?;
         let dir = self.dir()?;
-        let resolved = device.resolve();
-        let flag = |e: Error| Error::invalid(format!("--device {}: {e}", self.device));
-        match resolved {
-            Device::Cpu | Device::Auto => {
-                let model = Model::load(&dir, CpuBackend::<f32>::new())?;
-                announce(device, &model);
-                job.run(&dir, model)
-            }
-            Device::Cuda(i) => {
-                let gpu = GpuDevice::open(i).map_err(flag)?;
-                let model = Model::load(&dir, CudaBackend::new(Arc::new(gpu)))?;
-                announce(device, &model);
-                job.run(&dir, model)
-            }
-            Device::Emu => {
-                let model = Model::load(&dir, CudaBackend::new(Arc::new(EmuDevice::new())))?;
-                announce(device, &model);
-                job.run(&dir, model)
-            }
-        }
+        with_backend(&self.device, LoadThen { dir, job })
     }
 }
 
@@ -99,10 +83,50 @@ pub trait ModelJob {
     fn run<B: Backend>(self, dir: &Path, model: Model<B>) -> Result<()>;
 }
 
+/// Work that needs a backend.
+pub trait BackendJob {
+    fn run<B: Backend>(self, backend: B) -> Result<()>;
+}
+
+struct LoadThen<J> {
+    dir: PathBuf,
+    job: J,
+}
+
+impl<J: ModelJob> BackendJob for LoadThen<J> {
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        let model = Model::load(&self.dir, backend)?;
+        self.job.run(&self.dir, model)
+    }
+}
+
+/// Parse `--device`, open that backend and run `job` on it.
+pub fn with_backend<J: BackendJob>(device_flag: &str, job: J) -> Result<()> {
+    let device: Device = device_flag.parse()?;
+    let flag = |e: Error| Error::invalid(format!("--device {device_flag}: {e}"));
+    match device.resolve() {
+        Device::Cpu | Device::Auto => {
+            let be = CpuBackend::<f32>::new();
+            announce(device, &be);
+            job.run(be)
+        }
+        Device::Cuda(i) => {
+            let be = CudaBackend::new(Arc::new(GpuDevice::open(i).map_err(flag)?));
+            announce(device, &be);
+            job.run(be)
+        }
+        Device::Emu => {
+            let be = CudaBackend::new(Arc::new(EmuDevice::new()));
+            announce(device, &be);
+            job.run(be)
+        }
+    }
+}
+
 /// With `--device auto`, say which device was picked (on stderr).
-fn announce<B: Backend>(device: Device, model: &Model<B>) {
+fn announce<B: Backend>(device: Device, backend: &B) {
     if device == Device::Auto {
-        eprintln!("device: {}", model.backend.name());
+        eprintln!("device: {}", backend.name());
     }
 }
 

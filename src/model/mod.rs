@@ -13,7 +13,7 @@ mod weights;
 
 pub use batch::TokenBatch;
 pub use kv_cache::KvCache;
-pub use weights::{layer_param_specs, LayerWeights, ModelWeights, ParamSpec};
+pub use weights::{all_param_specs, layer_param_specs, LayerWeights, ModelWeights, ParamSpec};
 
 use crate::backend::Backend;
 use crate::config::ModelConfig;
@@ -37,6 +37,16 @@ impl<B: Backend> Model<B> {
 
     pub fn from_files(cfg: ModelConfig, files: &WeightFiles, backend: B) -> Result<Self> {
         let weights = ModelWeights::load(&cfg, files, &backend)?;
+        Ok(Model {
+            cfg,
+            weights,
+            backend,
+        })
+    }
+
+    /// A model with random weights (see `ModelWeights::random`): benchmarks and tests.
+    pub fn random(cfg: ModelConfig, backend: B, seed: u64) -> Result<Self> {
+        let weights = ModelWeights::random(&cfg, &backend, seed)?;
         Ok(Model {
             cfg,
             weights,

@@ -76,31 +76,54 @@ pub fn layer_param_specs(cfg: &ModelConfig, i: usize) -> Vec<ParamSpec> {
         .collect()
 }
 
+/// Every parameter of the model: the layers' (`layer_param_specs`), then the
+/// embedding, the final norm and, when untied, the LM head.
+pub fn all_param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
+    let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+    let mut specs: Vec<ParamSpec> = (0..cfg.num_hidden_layers)
+        .flat_map(|i| layer_param_specs(cfg, i))
+        .collect();
+    specs.push(ParamSpec {
+        name: "model.embed_tokens.weight".into(),
+        shape: vec![v, h],
+    });
+    specs.push(ParamSpec {
+        name: "model.norm.weight".into(),
+        shape: vec![h],
+    });
+    if !cfg.tie_word_embeddings {
+        specs.push(ParamSpec {
+            name: "lm_head.weight".into(),
+            shape: vec![v, h],
+        });
+    }
+    specs
+}
+
 impl<B: Backend> ModelWeights<B> {
     /// Check every tensor the config implies, then upload them.
     pub fn load(cfg: &ModelConfig, files: &WeightFiles, backend: &B) -> Result<Self> {
-        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
-        let get = |name: &str, shape: &[usize]| -> Result<B::Buf> {
-            backend.upload(&files.get_f32(name, shape)?)
-        };
         // Validate presence and shapes of everything before any upload work.
-        for i in 0..cfg.num_hidden_layers {
-            for spec in layer_param_specs(cfg, i) {
-                check(files, &spec.name, &spec.shape)?;
-            }
+        for spec in all_param_specs(cfg) {
+            check(files, &spec.name, &spec.shape)?;
         }
-        check(files, "model.embed_tokens.weight", &[v, h])?;
-        check(files, "model.norm.weight", &[h])?;
-        if !cfg.tie_word_embeddings {
-            check(files, "lm_head.weight", &[v, h])?;
+        Self::build(cfg, |spec| {
+            backend.upload(&files.get_f32(&spec.name, &spec.shape)?)
+        })
+    }
+
+    /// Assemble the weights from `make(spec)` for every parameter.
+    pub fn build(
+        cfg: &ModelConfig,
+        mut make: impl FnMut(&ParamSpec) -> Result<B::Buf>,
+    ) -> Result<Self> {
+        let mut bufs = HashMap::new();
+        for spec in all_param_specs(cfg) {
+            let buf = make(&spec)?;
+            bufs.insert(spec.name, buf);
         }
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
-            let mut bufs = HashMap::new();
-            for spec in layer_param_specs(cfg, i) {
-                let buf = get(&spec.name, &spec.shape)?;
-                bufs.insert(spec.name, buf);
-            }
             // Optional tensors are in the specs only when the config calls for them.
             let mut opt = |suffix: &str| bufs.remove(&format!("model.layers.{i}.{suffix}"));
             layers.push(LayerWeights {
@@ -122,14 +145,31 @@ impl<B: Backend> ModelWeights<B> {
             });
         }
         Ok(ModelWeights {
-            embed: get("model.embed_tokens.weight", &[v, h])?,
+            embed: need(bufs.remove("model.embed_tokens.weight")),
             layers,
-            norm: get("model.norm.weight", &[h])?,
-            lm_head: if cfg.tie_word_embeddings {
-                None
+            norm: need(bufs.remove("model.norm.weight")),
+            lm_head: bufs.remove("lm_head.weight"),
+        })
+    }
+
+    /// Random weights of the right scale (norm weights near 1, projections of
+    /// variance 1/fan_in, small biases), from `Backend::fill_uniform` with `seed`.
+    pub fn random(cfg: &ModelConfig, backend: &B, seed: u64) -> Result<Self> {
+        let mut n = 0u64;
+        Self::build(cfg, |spec| {
+            n += 1;
+            let len: usize = spec.shape.iter().product();
+            let (lo, hi) = if spec.name.ends_with("norm.weight") {
+                (0.8, 1.2)
+            } else if spec.name.ends_with(".bias") {
+                (-0.02, 0.02)
+            } else if spec.name.contains("embed_tokens") || spec.name.starts_with("lm_head") {
+                (-0.05, 0.05)
             } else {
-                Some(get("lm_head.weight", &[v, h])?)
-            },
+                let a = (3.0 / spec.shape[1] as f32).sqrt(); // uniform of variance 1/fan_in
+                (-a, a)
+            };
+            backend.fill_uniform(len, lo, hi, crate::sampling::mix64(seed ^ n))
         })
     }
 

@@ -21,7 +21,7 @@ pub use real::Real;
 pub use rope::{inv_freq, rope};
 
 use super::{AttnDims, Backend};
-use crate::sampling::{sample, SamplingParams};
+use crate::sampling::{hash_uniform, sample, SamplingParams};
 use crate::Result;
 use std::marker::PhantomData;
 
@@ -46,6 +46,10 @@ impl<T: Real> Backend for CpuBackend<T> {
             std::any::type_name::<T>(),
             rayon::current_num_threads()
         )
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
     }
 
     fn upload(&self, host: &[f32]) -> Result<Vec<T>> {
@@ -74,6 +78,14 @@ impl<T: Real> Backend for CpuBackend<T> {
 
     fn len(&self, buf: &Vec<T>) -> usize {
         buf.len()
+    }
+
+    fn fill_uniform(&self, len: usize, lo: f32, hi: f32, seed: u64) -> Result<Vec<T>> {
+        use rayon::prelude::*;
+        Ok((0..len)
+            .into_par_iter()
+            .map(|i| T::from_f32(lo + (hi - lo) * hash_uniform(seed, 0, i as u32)))
+            .collect())
     }
 
     fn slice(&self, src: &Vec<T>, start: usize, len: usize) -> Result<Vec<T>> {

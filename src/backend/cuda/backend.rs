@@ -86,6 +86,10 @@ impl Backend for CudaBackend {
         self.dev.name()
     }
 
+    fn synchronize(&self) -> Result<()> {
+        self.dev.synchronize()
+    }
+
     fn upload(&self, host: &[f32]) -> Result<CudaBuf> {
         self.upload_as(host, DType::Bf16)
     }
@@ -123,6 +127,24 @@ impl Backend for CudaBackend {
 
     fn len(&self, buf: &CudaBuf) -> usize {
         buf.len()
+    }
+
+    fn fill_uniform(&self, len: usize, lo: f32, hi: f32, seed: u64) -> Result<CudaBuf> {
+        let out = CudaBuf::alloc(&self.dev, len, DType::Bf16)?;
+        let args = [
+            ptr(out.ptr()),
+            KernelArg::U64(len as u64),
+            KernelArg::U64(seed),
+            KernelArg::F32(lo),
+            KernelArg::F32(hi),
+        ];
+        launch(
+            &*self.dev,
+            "fill_uniform_bf16",
+            Launch::new([grid_1d(len, 256 * 4), 1, 1], 256),
+            &args,
+        )?;
+        Ok(out)
     }
 
     fn slice(&self, src: &CudaBuf, start: usize, len: usize) -> Result<CudaBuf> {
