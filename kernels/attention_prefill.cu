@@ -12,13 +12,16 @@
 //   `rows` consecutive tokens of one slot at positions pos0.. (the host splits each
 //   sequence of the batch into such runs). The keys of the slot up to
 //   pos0 + rows - 1 must already be in the cache.
-// Launch: grid (n_tiles, heads), block 128 threads = 4 warps; warp w owns query rows
+// Launch: grid (n_tiles, heads, DT / DV), block 128 threads = 4 warps; warp w owns query rows
 //   16w..16w+15 of the tile. K and V tiles of BC keys are staged in static shared
 //   memory; Q·Kᵀ and P·V run on tensor cores (mma m16n8k16 bf16 -> f32) through the
 //   wrappers in common.cuh. The accumulator fragment of S is reused as the A
 //   fragment of P (FlashAttention-2's register trick). head_dim is padded with zeros
 //   to DT = 32, 64, 128 or 256 (one instantiation each); 64 and 128 are the fast
-//   paths (no padding work).
+//   paths (no padding work). Each block produces DV = min(DT, 128) output dims:
+//   DT = 256 runs two blocks per tile and head (grid z), each recomputing Q·Kᵀ
+//   over all 256 dims for its half of V, so the 128-float O accumulator per lane
+//   never spills.
 // Writes: out (=), lse (=). Every thread reaches every barrier.
 
 #define ATTN_THREADS 128
@@ -27,8 +30,9 @@
 
 template <int DT>
 struct AttnTile {
-    static constexpr int BC = DT <= 128 ? 64 : 32;  // keys per shared-memory tile
-    static constexpr int PAD = 8;                     // bf16 elements of row padding
+    static constexpr int BC = DT <= 128 ? 64 : 32;   // keys per shared-memory tile
+    static constexpr int DV = DT <= 128 ? DT : 128;  // V / output dims per block
+    static constexpr int PAD = 8;                      // bf16 elements of row padding
 };
 
 // Two bf16 of a shared-memory row as one 32-bit register (lower column in the low half).
@@ -43,9 +47,12 @@ __device__ void attention_prefill_bf16(bf16* __restrict__ out, float* __restrict
                                        int heads, int kv_heads, int head_dim, int max_len,
                                        float scale) {
     constexpr int BC = AttnTile<DT>::BC;
+    constexpr int DV = AttnTile<DT>::DV;
     constexpr int LD = DT + AttnTile<DT>::PAD;
+    constexpr int LDV = DV + AttnTile<DT>::PAD;
     __shared__ bf16 ks[BC * LD];
-    __shared__ bf16 vs[BC * LD];
+    __shared__ bf16 vs[BC * LDV];
+    const int dv0 = blockIdx.z * DV;  // first output dim of this block
 
     const int tile = blockIdx.x, head = blockIdx.y;
     const int token0 = tiles[4 * tile + 0], rows = tiles[4 * tile + 1];
@@ -71,9 +78,9 @@ __device__ void attention_prefill_bf16(bf16* __restrict__ out, float* __restrict
         }
     }
 
-    float o[DT / 8][4];
+    float o[DV / 8][4];
 #pragma unroll
-    for (int i = 0; i < DT / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    for (int i = 0; i < DV / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.f, l_b = 0.f;
     const int qpos_a = pos0 + row_a, qpos_b = pos0 + row_b;
 
@@ -84,16 +91,21 @@ __device__ void attention_prefill_bf16(bf16* __restrict__ out, float* __restrict
 
     for (int kb = 0; kb < kv_len; kb += BC) {
         __syncthreads();  // the previous tile is no longer read
-        // Stage K and V: 16-byte chunks (8 bf16), zero beyond head_dim or kv_len.
+        // Stage K (all dims) and this block's V dims: 16-byte chunks (8 bf16), zero
+        // beyond head_dim or kv_len.
         for (int c = threadIdx.x; c < BC * (DT / 8); c += ATTN_THREADS) {
             const int key = c / (DT / 8), col = (c % (DT / 8)) * 8;
-            uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
-            if (kb + key < kv_len && col < head_dim) {
+            uint4 kv4 = make_uint4(0, 0, 0, 0);
+            if (kb + key < kv_len && col < head_dim)
                 kv4 = *reinterpret_cast<const uint4*>(kbase + (kb + key) * kv_row_stride + col);
-                vv4 = *reinterpret_cast<const uint4*>(vbase + (kb + key) * kv_row_stride + col);
-            }
             *reinterpret_cast<uint4*>(ks + key * LD + col) = kv4;
-            *reinterpret_cast<uint4*>(vs + key * LD + col) = vv4;
+        }
+        for (int c = threadIdx.x; c < BC * (DV / 8); c += ATTN_THREADS) {
+            const int key = c / (DV / 8), col = (c % (DV / 8)) * 8;
+            uint4 vv4 = make_uint4(0, 0, 0, 0);
+            if (kb + key < kv_len && dv0 + col < head_dim)
+                vv4 = *reinterpret_cast<const uint4*>(vbase + (kb + key) * kv_row_stride + dv0 + col);
+            *reinterpret_cast<uint4*>(vs + key * LDV + col) = vv4;
         }
         __syncthreads();
 
@@ -155,7 +167,7 @@ __device__ void attention_prefill_bf16(bf16* __restrict__ out, float* __restrict
         l_a = l_a * corr_a + sum_a;
         l_b = l_b * corr_b + sum_b;
 #pragma unroll
-        for (int dt = 0; dt < DT / 8; ++dt) {
+        for (int dt = 0; dt < DV / 8; ++dt) {
             o[dt][0] *= corr_a;
             o[dt][1] *= corr_a;
             o[dt][2] *= corr_b;
@@ -169,11 +181,11 @@ __device__ void attention_prefill_bf16(bf16* __restrict__ out, float* __restrict
                              pack_f32x2_bf16(s[2 * kk][2], s[2 * kk][3]),
                              pack_f32x2_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                              pack_f32x2_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            const bf16* v0 = vs + (kk * 16 + tig * 2) * LD + g;
+            const bf16* v0 = vs + (kk * 16 + tig * 2) * LDV + g;
 #pragma unroll
-            for (int dt = 0; dt < DT / 8; ++dt) {
+            for (int dt = 0; dt < DV / 8; ++dt) {
                 const bf16* vp = v0 + dt * 8;
-                uint32_t b[2] = {pack_bf16x2(vp[0], vp[LD]), pack_bf16x2(vp[8 * LD], vp[9 * LD])};
+                uint32_t b[2] = {pack_bf16x2(vp[0], vp[LDV]), pack_bf16x2(vp[8 * LDV], vp[9 * LDV])};
                 mma_m16n8k16_bf16_f32(o[dt], a, b, o[dt]);
             }
         }
@@ -182,8 +194,8 @@ __device__ void attention_prefill_bf16(bf16* __restrict__ out, float* __restrict
     // Normalise and write this lane's two rows.
     const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
 #pragma unroll
-    for (int dt = 0; dt < DT / 8; ++dt) {
-        const int col = dt * 8 + tig * 2;
+    for (int dt = 0; dt < DV / 8; ++dt) {
+        const int col = dv0 + dt * 8 + tig * 2;
         if (col < head_dim) {
             if (row_a < rows) {
                 bf16* dst = out + ((size_t)(token0 + row_a) * heads + head) * head_dim + col;
@@ -195,35 +207,35 @@ __device__ void attention_prefill_bf16(bf16* __restrict__ out, float* __restrict
             }
         }
     }
-    if (lse != nullptr && tig == 0) {
+    if (lse != nullptr && tig == 0 && blockIdx.z == 0) {
         const float ln2 = 0.6931471805599453f;
         if (row_a < rows) lse[(size_t)(token0 + row_a) * heads + head] = (m_a + log2f(l_a)) * ln2;
         if (row_b < rows) lse[(size_t)(token0 + row_b) * heads + head] = (m_b + log2f(l_b)) * ln2;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS, 1)
 attention_prefill_d32_forward_bf16(bf16* out, float* lse, const bf16* q, const bf16* k_cache,
                                    const bf16* v_cache, const int* tiles, int heads, int kv_heads,
                                    int head_dim, int max_len, float scale) {
     attention_prefill_bf16<32>(out, lse, q, k_cache, v_cache, tiles, heads, kv_heads, head_dim, max_len, scale);
 }
 
-extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS, 1)
 attention_prefill_d64_forward_bf16(bf16* out, float* lse, const bf16* q, const bf16* k_cache,
                                    const bf16* v_cache, const int* tiles, int heads, int kv_heads,
                                    int head_dim, int max_len, float scale) {
     attention_prefill_bf16<64>(out, lse, q, k_cache, v_cache, tiles, heads, kv_heads, head_dim, max_len, scale);
 }
 
-extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS, 1)
 attention_prefill_d128_forward_bf16(bf16* out, float* lse, const bf16* q, const bf16* k_cache,
                                    const bf16* v_cache, const int* tiles, int heads, int kv_heads,
                                    int head_dim, int max_len, float scale) {
     attention_prefill_bf16<128>(out, lse, q, k_cache, v_cache, tiles, heads, kv_heads, head_dim, max_len, scale);
 }
 
-extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS, 1)
 attention_prefill_d256_forward_bf16(bf16* out, float* lse, const bf16* q, const bf16* k_cache,
                                    const bf16* v_cache, const int* tiles, int heads, int kv_heads,
                                    int head_dim, int max_len, float scale) {

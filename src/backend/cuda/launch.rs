@@ -114,7 +114,15 @@ pub fn attention_prefill(
     launch(
         dev,
         kernel,
-        Launch::new([n_tiles as u32, d.heads as u32, 1], 128),
+        // head_dim 256 splits the output dims over two blocks (see the kernel header)
+        Launch::new(
+            [
+                n_tiles as u32,
+                d.heads as u32,
+                padded_dim.div_ceil(128) as u32,
+            ],
+            128,
+        ),
         &args,
     )
 }
