@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::{Error, Result};
 
 /// Largest logits block materialised at once (rows x vocab).
-const LOGIT_CHUNK_ELEMS: usize = 1 << 24;
+const LOGIT_CHUNK_ELEMS: usize = 1 << 26;
 
 impl<B: Backend> Model<B> {
     /// Logits `[rows, vocab]` for `rows` final hidden states, on the host.

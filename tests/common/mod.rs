@@ -13,17 +13,28 @@ pub const MODELS: [&str; 4] = [
     "qwen2-mha-untied-f16",
 ];
 
+/// The repository root: `$ONELAYER_REPO`, else the crate folder baked in at compile
+/// time when it still holds the fixtures, else the current directory (test binaries
+/// copied to another machine and run from the repository root: tools/gpu_check.sh).
+pub fn repo_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("ONELAYER_REPO").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let baked = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if baked.join("tests/fixtures").is_dir() {
+        baked.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+    }
+}
+
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    repo_root().join("tests/fixtures").join(name)
 }
 
 /// `../shared/data/...` when the shared folder exists.
 pub fn shared_data(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(rel);
+    let p = repo_root().join("../shared/data").join(rel);
     if p.exists() {
         Some(p)
     } else {

@@ -1,7 +1,7 @@
 //! `out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n])`: the HF `nn.Linear` layout.
 //!
 //! matrixmultiply does the blocking and SIMD; this splits the output across rayon
-//! threads (by rows when there are many, by columns for the few rows of decoding).
+//! threads along the larger operand (the weights, for decoding and the LM head).
 
 use super::Real;
 use rayon::prelude::*;
@@ -51,7 +51,9 @@ pub fn linear<T: Real>(
         return;
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
-    if m >= 2 * threads {
+    // Split the larger operand so each thread streams its own part of it once:
+    // rows of x when x is the larger, rows of w (columns of out) otherwise.
+    if m >= 2 * threads && m > n {
         let rows = m.div_ceil(threads * 2);
         (0..m)
             .step_by(rows)
