@@ -8,7 +8,7 @@
 use super::attention_plan::{decode_splits, is_pure_decode, padded_head_dim, prefill_tiles};
 use super::buffers::{decode, encode, CudaBuf, CudaIdx, DType};
 use super::device::{Device, DevicePtr, GemmArgs, KernelArg};
-use super::launch::{grid_1d, launch, ptr, Launch};
+use super::launch::{grid_1d, int, launch, ptr, Launch};
 use crate::backend::cpu::inv_freq;
 use crate::backend::{AttnDims, Backend};
 use crate::sampling::SamplingParams;
@@ -59,12 +59,6 @@ impl CudaBackend {
         let buf = Arc::new(self.upload_as(&inv_freq(head_dim, theta), DType::F32)?);
         cache.insert((head_dim, theta.to_bits()), buf.clone());
         Ok(buf)
-    }
-
-    fn i32(v: usize, what: &str) -> Result<KernelArg> {
-        i32::try_from(v)
-            .map(KernelArg::I32)
-            .map_err(|_| Error::invalid(format!("{what} = {v} exceeds the i32 range")))
     }
 }
 
@@ -184,8 +178,8 @@ impl Backend for CudaBackend {
             ptr(out.expect(DType::Bf16, "embedding out")?),
             ptr(ids.buf.ptr()),
             ptr(table.expect(DType::Bf16, "embedding table")?),
-            Self::i32(tokens, "tokens")?,
-            Self::i32(dim, "dim")?,
+            int(tokens, "tokens")?,
+            int(dim, "dim")?,
         ];
         launch(
             &*self.dev,
@@ -243,8 +237,8 @@ impl Backend for CudaBackend {
             let args = [
                 ptr(out.ptr()),
                 ptr(b.expect(DType::Bf16, "bias")?),
-                Self::i32(m, "m")?,
-                Self::i32(n, "n")?,
+                int(m, "m")?,
+                int(n, "n")?,
             ];
             launch(
                 &*self.dev,
@@ -271,9 +265,9 @@ impl Backend for CudaBackend {
             ptr(x.expect(DType::Bf16, "rope x")?),
             ptr(pos.buf.ptr()),
             ptr(freqs.ptr()),
-            Self::i32(tokens, "tokens")?,
-            Self::i32(heads, "heads")?,
-            Self::i32(hd, "head_dim")?,
+            int(tokens, "tokens")?,
+            int(heads, "heads")?,
+            int(hd, "head_dim")?,
         ];
         launch(
             &*self.dev,
@@ -306,9 +300,9 @@ impl Backend for CudaBackend {
             ptr(x.expect(DType::Bf16, "kv_write x")?),
             ptr(slot.buf.ptr()),
             ptr(pos.buf.ptr()),
-            Self::i32(d.tokens, "tokens")?,
-            Self::i32(row, "row")?,
-            Self::i32(d.max_len, "max_len")?,
+            int(d.tokens, "tokens")?,
+            int(row, "row")?,
+            int(d.max_len, "max_len")?,
         ];
         launch(
             &*self.dev,
@@ -366,7 +360,7 @@ impl Backend for CudaBackend {
             ptr(out.expect(DType::Bf16, "swiglu out")?),
             ptr(gate.expect(DType::Bf16, "swiglu gate")?),
             ptr(up.expect(DType::Bf16, "swiglu up")?),
-            Self::i32(n, "n")?,
+            int(n, "n")?,
         ];
         launch(
             &*self.dev,
@@ -382,7 +376,7 @@ impl Backend for CudaBackend {
         let args = [
             ptr(x.expect(DType::Bf16, "add_assign x")?),
             ptr(y.expect(DType::Bf16, "add_assign y")?),
-            Self::i32(n, "n")?,
+            int(n, "n")?,
         ];
         launch(
             &*self.dev,
@@ -415,10 +409,10 @@ impl Backend for CudaBackend {
             ptr(out.ptr()),
             ptr(logits.expect(DType::F32, "sample logits")?),
             ptr(stream_buf.ptr()),
-            Self::i32(rows, "rows")?,
-            Self::i32(vocab, "vocab")?,
+            int(rows, "rows")?,
+            int(vocab, "vocab")?,
             KernelArg::F32(p.temperature),
-            Self::i32(p.top_k.min(vocab), "top_k")?,
+            int(p.top_k.min(vocab), "top_k")?,
             KernelArg::F32(p.top_p),
             KernelArg::U64(seed),
         ];
@@ -450,8 +444,8 @@ impl Backend for CudaBackend {
             ptr(out.expect(DType::F32, "logprob out")?),
             ptr(logits.expect(DType::F32, "logprob logits")?),
             ptr(target.buf.ptr()),
-            Self::i32(rows, "rows")?,
-            Self::i32(vocab, "vocab")?,
+            int(rows, "rows")?,
+            int(vocab, "vocab")?,
         ];
         launch(
             &*self.dev,

@@ -25,7 +25,8 @@ pub fn ptr(p: DevicePtr) -> KernelArg {
     KernelArg::Ptr(p)
 }
 
-fn int(v: usize, what: &str) -> Result<KernelArg> {
+/// A dimension as an `int` kernel argument, refusing values past the i32 range.
+pub fn int(v: usize, what: &str) -> Result<KernelArg> {
     i32::try_from(v)
         .map(KernelArg::I32)
         .map_err(|_| Error::invalid(format!("{what} = {v} exceeds the i32 range")))
