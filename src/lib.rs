@@ -17,6 +17,7 @@ pub mod model;
 pub mod resolve;
 pub mod sampling;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

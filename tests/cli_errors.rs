@@ -331,3 +331,31 @@ fn bench_runs_on_a_builtin_shape() {
         &["--batch"],
     );
 }
+
+#[test]
+fn plan_terms_and_bad_layers() {
+    let (ok, out, err) = engine(&[
+        "plan",
+        "--model",
+        "qwen3-4b",
+        "--train-layer",
+        "18",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["train_layers"], serde_json::json!([18]));
+    assert_eq!(v["trained_params"], 100_930_816u64);
+    assert!(v["total_bytes"].as_u64().unwrap() < v["full_parameter_adamw_bytes"].as_u64().unwrap());
+    let m = fixture(MODEL);
+    let (ok, out, err) = engine(&["plan", "--model", s(&m), "--train-layer", "0-2"]);
+    assert!(ok && out.contains("[0, 1, 2]"), "{out}{err}");
+    fails_with(
+        &["plan", "--model", s(&m), "--train-layer", "3"],
+        &["--train-layer", "out of range"],
+    );
+    fails_with(
+        &["plan", "--model", s(&m), "--train-layer", "1-x"],
+        &["--train-layer", "'x'"],
+    );
+}

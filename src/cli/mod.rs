@@ -4,6 +4,7 @@ mod bench;
 mod generate;
 mod inspect;
 mod kernels;
+mod plan;
 mod score;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Show a model's configuration, parameter counts and weight bytes.
     Inspect(inspect::Args),
+    /// The memory plan of a single-layer run, term by term.
+    Plan(plan::Args),
     /// Prefill and decode throughput (random weights of a built-in shape by default).
     Bench(bench::Args),
     /// List the CUDA kernels; --check compiles them with NVRTC (no GPU needed) and
@@ -51,6 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Kernels(a) => kernels::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Plan(a) => plan::run(a),
     }
 }
 
