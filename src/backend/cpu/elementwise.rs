@@ -1,4 +1,4 @@
-//! Embedding gather, SwiGLU, residual add and the log-softmax gather of the LM head.
+//! Embedding gather, SwiGLU (forward and backward), residual add and the log-softmax gather of the LM head.
 
 use super::Real;
 use rayon::prelude::*;
@@ -27,6 +27,32 @@ pub fn swiglu<T: Real>(out: &mut [T], gate: &[T], up: &[T], n: usize) {
     out.par_iter_mut()
         .zip(gate.par_iter().zip(up))
         .for_each(|(o, (&g, &u))| *o = silu(g) * u);
+}
+
+/// Backward of `swiglu`: `dgate = dout * up * silu'(gate)`, `dup = dout * silu(gate)`
+/// (both =), with `silu'(g) = s * (1 + g * (1 - s))`, `s = sigmoid(g)`.
+pub fn swiglu_backward<T: Real>(
+    dgate: &mut [T],
+    dup: &mut [T],
+    dout: &[T],
+    gate: &[T],
+    up: &[T],
+    n: usize,
+) {
+    assert!(
+        dgate.len() == n && dup.len() == n && dout.len() == n && gate.len() == n && up.len() == n,
+        "swiglu_backward: lengths"
+    );
+    dgate
+        .par_iter_mut()
+        .zip(dup.par_iter_mut())
+        .zip(dout.par_iter().zip(gate.par_iter().zip(up)))
+        .for_each(|((dg, du), (&d, (&g, &u)))| {
+            let s = (T::one() + (-g).exp()).recip();
+            let silu = g * s;
+            *du = d * silu;
+            *dg = d * u * s * (T::one() + g * (T::one() - s));
+        });
 }
 
 pub fn add_assign<T: Real>(x: &mut [T], y: &[T]) {

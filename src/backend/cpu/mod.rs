@@ -9,16 +9,21 @@
 mod attention;
 mod elementwise;
 mod gemm;
+#[cfg(test)]
+mod grad_tests;
+pub mod loss;
 mod norm;
 mod real;
 mod rope;
 
-pub use attention::{attention, kv_write};
-pub use elementwise::{add_assign, embedding, logprob_gather, logsumexp, silu, swiglu};
-pub use gemm::linear;
-pub use norm::rmsnorm;
+pub use attention::{attention, attention_backward, attention_saved, kv_write};
+pub use elementwise::{
+    add_assign, embedding, logprob_gather, logsumexp, silu, swiglu, swiglu_backward,
+};
+pub use gemm::{linear, linear_backward_input, linear_backward_weight};
+pub use norm::{rmsnorm, rmsnorm_backward, rmsnorm_saved};
 pub use real::Real;
-pub use rope::{inv_freq, rope};
+pub use rope::{inv_freq, rope, rope_backward};
 
 use super::{AttnDims, Backend};
 use crate::sampling::{hash_uniform, sample, SamplingParams};

@@ -2,6 +2,8 @@
 //!
 //! The inverse frequencies are rounded to f32 and the angle `pos * inv_freq` is
 //! formed in the compute type, as transformers does, so long positions agree too.
+//! The backward pass is the same rotation by the negated angle (a rotation's
+//! transpose is its inverse).
 
 use super::Real;
 
@@ -21,6 +23,31 @@ pub fn rope<T: Real>(
     head_dim: usize,
     theta: f32,
 ) {
+    rotate(x, pos, tokens, heads, head_dim, theta, false);
+}
+
+/// Backward of `rope`: dx `[tokens, heads, head_dim]` in place (dy in, dx out),
+/// rotated by `-pos * inv_freq`.
+pub fn rope_backward<T: Real>(
+    dx: &mut [T],
+    pos: &[u32],
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    theta: f32,
+) {
+    rotate(dx, pos, tokens, heads, head_dim, theta, true);
+}
+
+fn rotate<T: Real>(
+    x: &mut [T],
+    pos: &[u32],
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    theta: f32,
+    inverse: bool,
+) {
     assert_eq!(x.len(), tokens * heads * head_dim, "rope: x");
     assert_eq!(pos.len(), tokens, "rope: pos");
     let half = head_dim / 2;
@@ -31,7 +58,7 @@ pub fn rope<T: Real>(
         for i in 0..half {
             let angle = T::from_f32(pos[t] as f32) * T::from_f32(freqs[i]);
             cos[i] = angle.cos();
-            sin[i] = angle.sin();
+            sin[i] = if inverse { -angle.sin() } else { angle.sin() };
         }
         for head in token.chunks_mut(head_dim) {
             let (x1, x2) = head.split_at_mut(half);
