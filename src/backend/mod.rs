@@ -12,7 +12,34 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::sampling::SamplingParams;
+use crate::train::AdamW;
 use crate::Result;
+
+pub use cpu::loss::{KlType, LossConfig};
+
+/// The per-row inputs of `Backend::token_loss_backward`, all `[rows]`: the target
+/// token, the old and (optional) reference log-probs, the advantage, and the
+/// aggregation weight (`crate::backend::cpu::loss::aggregate`), f32 buffers.
+pub struct LossRows<'a, B: Backend + ?Sized> {
+    pub target: &'a B::Idx,
+    pub old_logp: &'a B::Buf,
+    pub ref_logp: Option<&'a B::Buf>,
+    pub adv: &'a B::Buf,
+    pub weight: &'a B::Buf,
+}
+
+/// Columns of the `stats [rows, STATS]` output of `Backend::token_loss_backward`.
+pub mod stat {
+    /// log pi(target)
+    pub const LOGP: usize = 0;
+    /// The per-token policy loss plus `beta * kl` (before the aggregation weight).
+    pub const LOSS: usize = 1;
+    /// The entropy of the row's distribution.
+    pub const ENTROPY: usize = 2;
+    /// 1 when a clip (ratio or dual) cut the policy gradient, else 0.
+    pub const CLIPPED: usize = 3;
+    pub const STATS: usize = 4;
+}
 
 /// Shapes of an attention call over a KV cache.
 ///
@@ -166,4 +193,184 @@ pub trait Backend: Send + Sync {
         rows: usize,
         vocab: usize,
     ) -> Result<()>;
+
+    // ---- Training ops (backward, loss, optimizer) ------------------------------
+    //
+    // Activation gradients live in the compute type (`zeros`); weight gradients and
+    // optimizer state are f32 buffers (`zeros_f32`), accumulated with `+=`.
+
+    /// `attention` that also writes `lse [tokens, heads]` (an f32 buffer): the
+    /// natural-log log-sum-exp of each row's scaled scores, for the backward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_saved(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        slot: &Self::Idx,
+        pos: &Self::Idx,
+        dims: AttnDims,
+        scale: f32,
+    ) -> Result<()>;
+
+    /// Backward of `attention_saved` (FlashAttention-2: `D = rowsum(dO * O)`,
+    /// `dS = P (dP - D)`): `dq` (=) `[tokens, heads, head_dim]`; `dk_cache`, `dv_cache`
+    /// (+=, summed over the query heads sharing a kv head and over tokens) in the
+    /// cache layout. Only cache positions some token attends to are touched.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dq: &mut Self::Buf,
+        dk_cache: &mut Self::Buf,
+        dv_cache: &mut Self::Buf,
+        dout: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        slot: &Self::Idx,
+        pos: &Self::Idx,
+        dims: AttnDims,
+        scale: f32,
+    ) -> Result<()>;
+
+    /// Backward of `kv_write`: `x[t, :, :] = cache[slot[t], pos[t], :, :]` (=).
+    fn kv_gather(
+        &self,
+        x: &mut Self::Buf,
+        cache: &Self::Buf,
+        slot: &Self::Idx,
+        pos: &Self::Idx,
+        dims: AttnDims,
+    ) -> Result<()>;
+
+    /// Backward of `rmsnorm` (rstd recomputed from x): `dx` (=) `[rows, dim]`;
+    /// `dw_accum` (+=, f32) `[dim]` when given (a trained norm weight).
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Self::Buf,
+        dw_accum: Option<&mut Self::Buf>,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()>;
+
+    /// Backward of `rope`, in place (dy in, dx out): the rotation by `-angle`.
+    fn rope_backward(
+        &self,
+        dx: &mut Self::Buf,
+        pos: &Self::Idx,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()>;
+
+    /// Backward of `swiglu`: `dgate = dout * up * silu'(gate)`, `dup = dout * silu(gate)`.
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        n: usize,
+    ) -> Result<()>;
+
+    /// `dx[m, k] (= or +=) dout[m, n] · w[n, k]`: the input gradient of `linear`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_input(
+        &self,
+        dx: &mut Self::Buf,
+        dout: &Self::Buf,
+        w: &Self::Buf,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+
+    /// `dw_accum[n, k] += dout[m, n]ᵀ · x[m, k]` and `db_accum[n] += sum_r dout[r, :]`
+    /// (f32 accumulators): the weight and bias gradients of `linear`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_weight(
+        &self,
+        dw_accum: &mut Self::Buf,
+        db_accum: Option<&mut Self::Buf>,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()>;
+
+    /// `dst[rows_idx[r], :] = src[r, :]` for `r < rows` (the backward of the row
+    /// gather `embedding`; rows_idx must not repeat).
+    fn scatter_rows(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        rows_idx: &Self::Idx,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()>;
+
+    /// The fused loss of one chunk of LM-head rows (DESIGN section 4): for each row,
+    /// log-softmax of `logits [rows, vocab]` (f32), the target's log-prob, the
+    /// PPO/GRPO token loss `l` (`cpu::loss::ppo_token_loss`), the entropy `H`; writes
+    /// `dlogits [rows, vocab]` (=) `= weight[r] * d(l - cfg.entropy_coef * H)/dlogits`
+    /// and `stats [rows, stat::STATS]` (f32; see `stat`).
+    #[allow(clippy::too_many_arguments)]
+    fn token_loss_backward(
+        &self,
+        dlogits: &mut Self::Buf,
+        stats: &mut Self::Buf,
+        logits: &Self::Buf,
+        rows: &LossRows<'_, Self>,
+        n_rows: usize,
+        vocab: usize,
+        cfg: &LossConfig,
+    ) -> Result<()>;
+
+    /// One `torch.optim.AdamW` step on f32 `param`, `m`, `v` with `grad * grad_scale`
+    /// (`crate::train::AdamW::step`); `copy`, when given, receives the new parameter
+    /// in the compute type (the forward pass's weight).
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_step(
+        &self,
+        param: &mut Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        copy: Option<&mut Self::Buf>,
+        grad: &Self::Buf,
+        opt: &AdamW,
+        step: u64,
+        grad_scale: f32,
+    ) -> Result<()>;
+
+    /// One SGD step, `param -= lr * (grad * grad_scale + weight_decay * param)` (torch
+    /// `SGD` without momentum), on f32 `param`; `copy` as in `adamw_step`.
+    #[allow(clippy::too_many_arguments)]
+    fn sgd_step(
+        &self,
+        param: &mut Self::Buf,
+        copy: Option<&mut Self::Buf>,
+        grad: &Self::Buf,
+        lr: f32,
+        weight_decay: f32,
+        grad_scale: f32,
+    ) -> Result<()>;
+
+    /// `sum(buf^2)`, accumulated in f64 (the global gradient norm).
+    fn sum_squares(&self, buf: &Self::Buf) -> Result<f64>;
+
+    /// `dst = src` converted to `dst`'s element type (same length).
+    fn copy_convert(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
 }

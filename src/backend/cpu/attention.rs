@@ -26,6 +26,22 @@ pub fn kv_write<T: Real>(cache: &mut [T], x: &[T], slot: &[u32], pos: &[u32], d:
     }
 }
 
+/// Backward of `kv_write`: `x[t] = cache[slot[t], pos[t]]` (=).
+pub fn kv_gather<T: Real>(x: &mut [T], cache: &[T], slot: &[u32], pos: &[u32], d: AttnDims) {
+    let row = d.kv_heads * d.head_dim;
+    assert_eq!(cache.len(), d.cache_len(), "kv_gather: cache");
+    assert_eq!(x.len(), d.tokens * row, "kv_gather: x");
+    for t in 0..d.tokens {
+        let (s, p) = (slot[t] as usize, pos[t] as usize);
+        assert!(
+            s < d.slots && p < d.max_len,
+            "kv_gather: slot {s} pos {p} outside the cache"
+        );
+        let src = (s * d.max_len + p) * row;
+        x[t * row..(t + 1) * row].copy_from_slice(&cache[src..src + row]);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn attention<T: Real>(
     out: &mut [T],

@@ -53,6 +53,9 @@ pub struct LossConfig {
     pub kl: KlType,
     /// Weight of the KL term; 0 (or no ref_logp) leaves it out.
     pub beta: f64,
+    /// Weight of the entropy bonus (`l -= entropy_coef * H`), applied by the fused
+    /// LM-head op (`token_loss_backward`), which holds the whole distribution.
+    pub entropy_coef: f64,
 }
 
 impl Default for LossConfig {
@@ -63,6 +66,7 @@ impl Default for LossConfig {
             clip_c: Some(3.0),
             kl: KlType::K3,
             beta: 0.0,
+            entropy_coef: 0.0,
         }
     }
 }
@@ -195,4 +199,41 @@ pub fn aggregate<T: Real>(
     }
     let loss = w.iter().zip(losses).map(|(&w, &l)| w * l).sum();
     (loss, w)
+}
+
+/// The CPU reference of `Backend::token_loss_backward` for one row: log-softmax of
+/// `logits [vocab]`, the target's log-prob, the token loss `l` and the entropy `H`;
+/// writes `dlogits = weight * d(l - entropy_coef * H)/dlogits` and returns
+/// `[logp, l, H, clipped]` (see `crate::backend::stat`).
+///
+/// With `p = softmax(z)`, `lse = log sum exp z`: `logp = z_y - lse`,
+/// `dlogp/dz_j = [j = y] - p_j`; `H = lse - sum_j p_j z_j`,
+/// `dH/dz_j = -p_j (z_j - lse + H)` (= `-p_j (log p_j + H)`).
+#[allow(clippy::too_many_arguments)]
+pub fn token_loss_row<T: Real>(
+    dlogits: &mut [T],
+    logits: &[T],
+    target: usize,
+    old_logp: T,
+    ref_logp: Option<T>,
+    adv: T,
+    weight: T,
+    cfg: &LossConfig,
+) -> [T; 4] {
+    assert_eq!(dlogits.len(), logits.len(), "token_loss_row: dlogits");
+    assert!(target < logits.len(), "token_loss_row: target {target}");
+    let lse = super::logsumexp(logits);
+    let mean_z: T = logits.iter().map(|&z| (z - lse).exp() * z).sum();
+    let entropy = lse - mean_z;
+    let logp = logits[target] - lse;
+    let (l, g, clipped) = ppo_token_loss(logp, old_logp, adv, ref_logp, cfg);
+    let ec: T = c(cfg.entropy_coef);
+    for (j, (d, &z)) in dlogits.iter_mut().zip(logits).enumerate() {
+        let p = (z - lse).exp();
+        let dlogp = if j == target { T::one() - p } else { -p };
+        let dh = -p * (z - lse + entropy);
+        *d = weight * (g * dlogp - ec * dh);
+    }
+    let flag = if clipped { T::one() } else { T::zero() };
+    [logp, l, entropy, flag]
 }

@@ -16,7 +16,7 @@ mod norm;
 mod real;
 mod rope;
 
-pub use attention::{attention, attention_backward, attention_saved, kv_write};
+pub use attention::{attention, attention_backward, attention_saved, kv_gather, kv_write};
 pub use elementwise::{
     add_assign, embedding, logprob_gather, logsumexp, silu, swiglu, swiglu_backward,
 };
@@ -25,8 +25,9 @@ pub use norm::{rmsnorm, rmsnorm_backward, rmsnorm_saved};
 pub use real::Real;
 pub use rope::{inv_freq, rope, rope_backward};
 
-use super::{AttnDims, Backend};
+use super::{AttnDims, Backend, LossConfig, LossRows};
 use crate::sampling::{hash_uniform, sample, SamplingParams};
+use crate::train::AdamW;
 use crate::Result;
 use std::marker::PhantomData;
 
@@ -214,6 +215,283 @@ impl<T: Real> Backend for CpuBackend<T> {
         vocab: usize,
     ) -> Result<()> {
         logprob_gather(out, logits, target, rows, vocab);
+        Ok(())
+    }
+
+    fn attention_saved(
+        &self,
+        out: &mut Vec<T>,
+        lse: &mut Vec<T>,
+        q: &Vec<T>,
+        k_cache: &Vec<T>,
+        v_cache: &Vec<T>,
+        slot: &Vec<u32>,
+        pos: &Vec<u32>,
+        d: AttnDims,
+        scale: f32,
+    ) -> Result<()> {
+        attention_saved(out, lse, q, k_cache, v_cache, slot, pos, d, scale);
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        dq: &mut Vec<T>,
+        dk_cache: &mut Vec<T>,
+        dv_cache: &mut Vec<T>,
+        dout: &Vec<T>,
+        out: &Vec<T>,
+        lse: &Vec<T>,
+        q: &Vec<T>,
+        k_cache: &Vec<T>,
+        v_cache: &Vec<T>,
+        slot: &Vec<u32>,
+        pos: &Vec<u32>,
+        d: AttnDims,
+        scale: f32,
+    ) -> Result<()> {
+        attention_backward(
+            dq, dk_cache, dv_cache, dout, out, lse, q, k_cache, v_cache, slot, pos, d, scale,
+        );
+        Ok(())
+    }
+
+    fn kv_gather(
+        &self,
+        x: &mut Vec<T>,
+        cache: &Vec<T>,
+        slot: &Vec<u32>,
+        pos: &Vec<u32>,
+        d: AttnDims,
+    ) -> Result<()> {
+        kv_gather(x, cache, slot, pos, d);
+        Ok(())
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Vec<T>,
+        dw_accum: Option<&mut Vec<T>>,
+        dy: &Vec<T>,
+        x: &Vec<T>,
+        weight: &Vec<T>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let mut normed = vec![T::zero(); rows * dim];
+        let mut rstd = vec![T::zero(); rows];
+        rmsnorm_saved(&mut normed, &mut rstd, x, weight, rows, dim, eps);
+        let mut scratch;
+        let dw = match dw_accum {
+            Some(dw) => dw,
+            None => {
+                scratch = vec![T::zero(); dim];
+                &mut scratch
+            }
+        };
+        rmsnorm_backward(dx, dw, dy, x, weight, &rstd, rows, dim);
+        Ok(())
+    }
+
+    fn rope_backward(
+        &self,
+        dx: &mut Vec<T>,
+        pos: &Vec<u32>,
+        tokens: usize,
+        heads: usize,
+        hd: usize,
+        theta: f32,
+    ) -> Result<()> {
+        rope_backward(dx, pos, tokens, heads, hd, theta);
+        Ok(())
+    }
+
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Vec<T>,
+        dup: &mut Vec<T>,
+        dout: &Vec<T>,
+        gate: &Vec<T>,
+        up: &Vec<T>,
+        n: usize,
+    ) -> Result<()> {
+        swiglu_backward(dgate, dup, dout, gate, up, n);
+        Ok(())
+    }
+
+    fn linear_backward_input(
+        &self,
+        dx: &mut Vec<T>,
+        dout: &Vec<T>,
+        w: &Vec<T>,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        if accumulate {
+            let mut tmp = vec![T::zero(); m * k];
+            linear_backward_input(&mut tmp, dout, w, m, n, k);
+            add_assign(dx, &tmp);
+        } else {
+            linear_backward_input(dx, dout, w, m, n, k);
+        }
+        Ok(())
+    }
+
+    fn linear_backward_weight(
+        &self,
+        dw_accum: &mut Vec<T>,
+        db_accum: Option<&mut Vec<T>>,
+        dout: &Vec<T>,
+        x: &Vec<T>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        linear_backward_weight(
+            dw_accum,
+            db_accum.map(|b| b.as_mut_slice()),
+            dout,
+            x,
+            m,
+            n,
+            k,
+        );
+        Ok(())
+    }
+
+    fn scatter_rows(
+        &self,
+        dst: &mut Vec<T>,
+        src: &Vec<T>,
+        rows_idx: &Vec<u32>,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        assert_eq!(src.len(), rows * dim, "scatter_rows: src");
+        assert_eq!(rows_idx.len(), rows, "scatter_rows: rows_idx");
+        for (r, &i) in rows_idx.iter().enumerate() {
+            let i = i as usize;
+            assert!(
+                (i + 1) * dim <= dst.len(),
+                "scatter_rows: row {i} outside dst"
+            );
+            dst[i * dim..(i + 1) * dim].copy_from_slice(&src[r * dim..(r + 1) * dim]);
+        }
+        Ok(())
+    }
+
+    fn token_loss_backward(
+        &self,
+        dlogits: &mut Vec<T>,
+        stats: &mut Vec<T>,
+        logits: &Vec<T>,
+        rows: &LossRows<'_, Self>,
+        n_rows: usize,
+        vocab: usize,
+        cfg: &LossConfig,
+    ) -> Result<()> {
+        use super::stat::STATS;
+        use rayon::prelude::*;
+        assert_eq!(logits.len(), n_rows * vocab, "token_loss_backward: logits");
+        assert_eq!(
+            dlogits.len(),
+            n_rows * vocab,
+            "token_loss_backward: dlogits"
+        );
+        assert_eq!(stats.len(), n_rows * STATS, "token_loss_backward: stats");
+        for (b, name) in [
+            (rows.old_logp, "old_logp"),
+            (rows.adv, "adv"),
+            (rows.weight, "weight"),
+        ] {
+            assert_eq!(b.len(), n_rows, "token_loss_backward: {name}");
+        }
+        assert_eq!(rows.target.len(), n_rows, "token_loss_backward: target");
+        dlogits
+            .par_chunks_mut(vocab)
+            .zip(logits.par_chunks(vocab))
+            .zip(stats.par_chunks_mut(STATS))
+            .enumerate()
+            .for_each(|(r, ((d, z), st))| {
+                let row = loss::token_loss_row(
+                    d,
+                    z,
+                    rows.target[r] as usize,
+                    rows.old_logp[r],
+                    rows.ref_logp.map(|b| b[r]),
+                    rows.adv[r],
+                    rows.weight[r],
+                    cfg,
+                );
+                st.copy_from_slice(&row);
+            });
+        Ok(())
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+        copy: Option<&mut Vec<T>>,
+        grad: &Vec<T>,
+        opt: &AdamW,
+        step: u64,
+        grad_scale: f32,
+    ) -> Result<()> {
+        // The f32 reference (`AdamW::step`), whatever T is: the optimizer is f32.
+        let f = |b: &Vec<T>| b.iter().map(|&v| Real::to_f32(v)).collect::<Vec<f32>>();
+        let (mut p, mut mm, mut vv, g) = (f(param), f(m), f(v), f(grad));
+        opt.step(&mut p, &mut mm, &mut vv, &g, step, grad_scale);
+        for (dst, src) in [(param, &p), (m, &mm), (v, &vv)] {
+            dst.iter_mut()
+                .zip(src)
+                .for_each(|(d, &s)| *d = T::from_f32(s));
+        }
+        if let Some(c) = copy {
+            c.iter_mut().zip(&p).for_each(|(d, &s)| *d = T::from_f32(s));
+        }
+        Ok(())
+    }
+
+    fn sgd_step(
+        &self,
+        param: &mut Vec<T>,
+        copy: Option<&mut Vec<T>>,
+        grad: &Vec<T>,
+        lr: f32,
+        weight_decay: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
+        assert_eq!(param.len(), grad.len(), "sgd_step: lengths");
+        let (lr, wd, gs) = (
+            T::from_f32(lr),
+            T::from_f32(weight_decay),
+            T::from_f32(grad_scale),
+        );
+        param
+            .iter_mut()
+            .zip(grad)
+            .for_each(|(p, &g)| *p = *p - lr * (g * gs + wd * *p));
+        if let Some(c) = copy {
+            c.copy_from_slice(param);
+        }
+        Ok(())
+    }
+
+    fn sum_squares(&self, buf: &Vec<T>) -> Result<f64> {
+        Ok(buf
+            .iter()
+            .map(|&v| v.to_f64().unwrap_or(f64::NAN).powi(2))
+            .sum())
+    }
+
+    fn copy_convert(&self, dst: &mut Vec<T>, src: &Vec<T>) -> Result<()> {
+        assert_eq!(dst.len(), src.len(), "copy_convert: lengths");
+        dst.copy_from_slice(src);
         Ok(())
     }
 }

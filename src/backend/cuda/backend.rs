@@ -10,8 +10,9 @@ use super::buffers::{decode, encode, CudaBuf, CudaIdx, DType};
 use super::device::{Device, DevicePtr, GemmArgs, KernelArg};
 use super::launch::{grid_1d, int, launch, ptr, Launch};
 use crate::backend::cpu::inv_freq;
-use crate::backend::{AttnDims, Backend};
+use crate::backend::{AttnDims, Backend, LossConfig, LossRows};
 use crate::sampling::SamplingParams;
+use crate::train::AdamW;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,7 +39,7 @@ impl CudaBackend {
         &self.dev
     }
 
-    fn alloc(&self, len: usize, dtype: DType) -> Result<CudaBuf> {
+    pub(super) fn alloc(&self, len: usize, dtype: DType) -> Result<CudaBuf> {
         let buf = CudaBuf::alloc(&self.dev, len, dtype)?;
         self.dev.zero(buf.ptr(), buf.bytes())?;
         Ok(buf)
@@ -51,7 +52,7 @@ impl CudaBackend {
         Ok(buf)
     }
 
-    fn inv_freq(&self, head_dim: usize, theta: f32) -> Result<Arc<CudaBuf>> {
+    pub(super) fn inv_freq(&self, head_dim: usize, theta: f32) -> Result<Arc<CudaBuf>> {
         let mut cache = self.inv_freq.lock().expect("inv_freq lock");
         if let Some(b) = cache.get(&(head_dim, theta.to_bits())) {
             return Ok(b.clone());
@@ -62,7 +63,7 @@ impl CudaBackend {
     }
 }
 
-fn check_len(buf: &CudaBuf, len: usize, what: &str) -> Result<()> {
+pub(super) fn check_len(buf: &CudaBuf, len: usize, what: &str) -> Result<()> {
     if buf.len() != len {
         return Err(Error::invalid(format!(
             "{what}: buffer has {} elements, expected {len}",
@@ -453,6 +454,181 @@ impl Backend for CudaBackend {
             Launch::new([rows as u32, 1, 1], 256),
             &args,
         )
+    }
+
+    // Training ops: attention in `attention_backward.rs`, the rest in `train_ops.rs`.
+
+    fn attention_saved(
+        &self,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        q: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        slot: &CudaIdx,
+        pos: &CudaIdx,
+        d: AttnDims,
+        scale: f32,
+    ) -> Result<()> {
+        super::attention_backward::attention_saved(
+            self, out, lse, q, k_cache, v_cache, slot, pos, d, scale,
+        )
+    }
+
+    fn attention_backward(
+        &self,
+        dq: &mut CudaBuf,
+        dk_cache: &mut CudaBuf,
+        dv_cache: &mut CudaBuf,
+        dout: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        q: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        slot: &CudaIdx,
+        pos: &CudaIdx,
+        d: AttnDims,
+        scale: f32,
+    ) -> Result<()> {
+        super::attention_backward::attention_backward(
+            self, dq, dk_cache, dv_cache, dout, out, lse, q, k_cache, v_cache, slot, pos, d, scale,
+        )
+    }
+
+    fn kv_gather(
+        &self,
+        x: &mut CudaBuf,
+        cache: &CudaBuf,
+        slot: &CudaIdx,
+        pos: &CudaIdx,
+        d: AttnDims,
+    ) -> Result<()> {
+        super::train_ops::kv_gather(self, x, cache, slot, pos, d)
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut CudaBuf,
+        dw_accum: Option<&mut CudaBuf>,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        weight: &CudaBuf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        super::train_ops::rmsnorm_backward(self, dx, dw_accum, dy, x, weight, rows, dim, eps)
+    }
+
+    fn rope_backward(
+        &self,
+        dx: &mut CudaBuf,
+        pos: &CudaIdx,
+        tokens: usize,
+        heads: usize,
+        hd: usize,
+        theta: f32,
+    ) -> Result<()> {
+        super::train_ops::rope_backward(self, dx, pos, tokens, heads, hd, theta)
+    }
+
+    fn swiglu_backward(
+        &self,
+        dgate: &mut CudaBuf,
+        dup: &mut CudaBuf,
+        dout: &CudaBuf,
+        gate: &CudaBuf,
+        up: &CudaBuf,
+        n: usize,
+    ) -> Result<()> {
+        super::train_ops::swiglu_backward(self, dgate, dup, dout, gate, up, n)
+    }
+
+    fn linear_backward_input(
+        &self,
+        dx: &mut CudaBuf,
+        dout: &CudaBuf,
+        w: &CudaBuf,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        super::train_ops::linear_backward_input(self, dx, dout, w, m, n, k, accumulate)
+    }
+
+    fn linear_backward_weight(
+        &self,
+        dw_accum: &mut CudaBuf,
+        db_accum: Option<&mut CudaBuf>,
+        dout: &CudaBuf,
+        x: &CudaBuf,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        super::train_ops::linear_backward_weight(self, dw_accum, db_accum, dout, x, m, n, k)
+    }
+
+    fn scatter_rows(
+        &self,
+        dst: &mut CudaBuf,
+        src: &CudaBuf,
+        rows_idx: &CudaIdx,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        super::train_ops::scatter_rows(self, dst, src, rows_idx, rows, dim)
+    }
+
+    fn token_loss_backward(
+        &self,
+        dlogits: &mut CudaBuf,
+        stats: &mut CudaBuf,
+        logits: &CudaBuf,
+        rows: &LossRows<'_, Self>,
+        n_rows: usize,
+        vocab: usize,
+        cfg: &LossConfig,
+    ) -> Result<()> {
+        super::train_ops::token_loss_backward(
+            self, dlogits, stats, logits, rows, n_rows, vocab, cfg,
+        )
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+        copy: Option<&mut CudaBuf>,
+        grad: &CudaBuf,
+        opt: &AdamW,
+        step: u64,
+        grad_scale: f32,
+    ) -> Result<()> {
+        super::train_ops::adamw_step(self, param, m, v, copy, grad, opt, step, grad_scale)
+    }
+
+    fn sgd_step(
+        &self,
+        param: &mut CudaBuf,
+        copy: Option<&mut CudaBuf>,
+        grad: &CudaBuf,
+        lr: f32,
+        weight_decay: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
+        super::train_ops::sgd_step(self, param, copy, grad, lr, weight_decay, grad_scale)
+    }
+
+    fn sum_squares(&self, buf: &CudaBuf) -> Result<f64> {
+        super::train_ops::sum_squares(self, buf)
+    }
+
+    fn copy_convert(&self, dst: &mut CudaBuf, src: &CudaBuf) -> Result<()> {
+        super::train_ops::copy_convert(self, dst, src)
     }
 }
 

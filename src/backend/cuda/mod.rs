@@ -2,6 +2,7 @@
 //! emulator that runs `kernels/*.cu` without a GPU (`emu`), and the real GPU through
 //! cudarc (`gpu`, with run-time compilation by NVRTC in `nvrtc`).
 
+mod attention_backward;
 mod attention_plan;
 pub mod backend;
 pub mod buffers;
@@ -10,5 +11,6 @@ pub mod emu;
 pub mod gpu;
 mod launch;
 pub mod nvrtc;
+mod train_ops;
 
 pub use backend::CudaBackend;
