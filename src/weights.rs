@@ -193,6 +193,31 @@ pub fn to_f32(bytes: &[u8], dtype: Dtype) -> std::result::Result<Vec<f32>, Strin
     })
 }
 
+/// Write f32 tensors `(name, shape, values)` to a safetensors file, atomically (a
+/// temporary file in the same directory, then a rename).
+pub fn write_f32(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    use safetensors::tensor::TensorView;
+    for (name, shape, data) in tensors {
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(Error::invalid(format!(
+                "tensor {name}: shape {shape:?} does not hold {} values",
+                data.len()
+            )));
+        }
+    }
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let view = TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+                .expect("shape checked above");
+            (name.clone(), view)
+        })
+        .collect();
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,11 @@ pub trait Backend: Send + Sync {
     fn upload_f32(&self, host: &[f32]) -> Result<Self::Buf>;
     fn upload_idx(&self, host: &[u32]) -> Result<Self::Idx>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// `download` without rounding to f32 where the buffer holds more (the f64 CPU
+    /// backend of the finite-difference tests).
+    fn download_f64(&self, buf: &Self::Buf) -> Result<Vec<f64>> {
+        Ok(self.download(buf)?.into_iter().map(f64::from).collect())
+    }
     /// A buffer of `len` elements, all zero.
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     /// A zeroed buffer kept in f32 even where activations are lower precision

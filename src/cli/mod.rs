@@ -5,6 +5,7 @@ mod generate;
 mod inspect;
 mod kernels;
 mod plan;
+mod run;
 mod score;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Train the selected layers (from a rollout file: --rollouts).
+    Run(run::Args),
     /// Per-token log-probs of a sequence, as JSON.
     Score(score::Args),
     /// Generate a continuation of a prompt.
@@ -49,6 +52,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run(a) => run::run(a),
         Command::Score(a) => score::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),

@@ -8,7 +8,7 @@
 mod batch;
 mod forward;
 mod kv_cache;
-mod score;
+pub(crate) mod score;
 mod weights;
 
 pub use batch::TokenBatch;

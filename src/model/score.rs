@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::{Error, Result};
 
 /// Largest logits block materialised at once (rows x vocab).
-const LOGIT_CHUNK_ELEMS: usize = 1 << 26;
+pub(crate) const LOGIT_CHUNK_ELEMS: usize = 1 << 26;
 
 impl<B: Backend> Model<B> {
     /// Logits `[rows, vocab]` for `rows` final hidden states, on the host.
@@ -77,7 +77,7 @@ impl<B: Backend> Model<B> {
 }
 
 /// Split `rows` into (start, count) chunks of at most LOGIT_CHUNK_ELEMS logits.
-fn chunks(rows: usize, vocab: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn chunks(rows: usize, vocab: usize) -> impl Iterator<Item = (usize, usize)> {
     let step = (LOGIT_CHUNK_ELEMS / vocab).max(1);
     (0..rows)
         .step_by(step)

@@ -27,6 +27,84 @@ pub struct LayerWeights<B: Backend> {
     pub down_proj: B::Buf,
 }
 
+macro_rules! layer_tensors {
+    ($self:ident, $($ref:tt)+) => {{
+        let mut v = Vec::with_capacity(15);
+        v.push(("input_layernorm.weight", $($ref)+ $self.input_norm));
+        v.push(("self_attn.q_proj.weight", $($ref)+ $self.q_proj));
+        if let Some(b) = $($ref)+ $self.q_bias {
+            v.push(("self_attn.q_proj.bias", b));
+        }
+        v.push(("self_attn.k_proj.weight", $($ref)+ $self.k_proj));
+        if let Some(b) = $($ref)+ $self.k_bias {
+            v.push(("self_attn.k_proj.bias", b));
+        }
+        v.push(("self_attn.v_proj.weight", $($ref)+ $self.v_proj));
+        if let Some(b) = $($ref)+ $self.v_bias {
+            v.push(("self_attn.v_proj.bias", b));
+        }
+        v.push(("self_attn.o_proj.weight", $($ref)+ $self.o_proj));
+        if let Some(b) = $($ref)+ $self.o_bias {
+            v.push(("self_attn.o_proj.bias", b));
+        }
+        if let Some(b) = $($ref)+ $self.q_norm {
+            v.push(("self_attn.q_norm.weight", b));
+        }
+        if let Some(b) = $($ref)+ $self.k_norm {
+            v.push(("self_attn.k_norm.weight", b));
+        }
+        v.push(("post_attention_layernorm.weight", $($ref)+ $self.post_norm));
+        v.push(("mlp.gate_proj.weight", $($ref)+ $self.gate_proj));
+        v.push(("mlp.up_proj.weight", $($ref)+ $self.up_proj));
+        v.push(("mlp.down_proj.weight", $($ref)+ $self.down_proj));
+        v
+    }};
+}
+
+impl<B: Backend> LayerWeights<B> {
+    /// The tensors with their HF name after `model.layers.{i}.`, in
+    /// `layer_param_specs` order.
+    pub fn tensors(&self) -> Vec<(&'static str, &B::Buf)> {
+        layer_tensors!(self, &)
+    }
+
+    /// `tensors`, mutable.
+    pub fn tensors_mut(&mut self) -> Vec<(&'static str, &mut B::Buf)> {
+        layer_tensors!(self, &mut)
+    }
+
+    /// A layer of the same structure with every tensor `f(name, tensor)`.
+    pub fn try_map(
+        &self,
+        mut f: impl FnMut(&'static str, &B::Buf) -> Result<B::Buf>,
+    ) -> Result<Self> {
+        fn opt<B: Backend>(
+            f: &mut impl FnMut(&'static str, &B::Buf) -> Result<B::Buf>,
+            name: &'static str,
+            b: &Option<B::Buf>,
+        ) -> Result<Option<B::Buf>> {
+            b.as_ref().map(|b| f(name, b)).transpose()
+        }
+        Ok(LayerWeights {
+            input_norm: f("input_layernorm.weight", &self.input_norm)?,
+            q_proj: f("self_attn.q_proj.weight", &self.q_proj)?,
+            q_bias: opt::<B>(&mut f, "self_attn.q_proj.bias", &self.q_bias)?,
+            k_proj: f("self_attn.k_proj.weight", &self.k_proj)?,
+            k_bias: opt::<B>(&mut f, "self_attn.k_proj.bias", &self.k_bias)?,
+            v_proj: f("self_attn.v_proj.weight", &self.v_proj)?,
+            v_bias: opt::<B>(&mut f, "self_attn.v_proj.bias", &self.v_bias)?,
+            o_proj: f("self_attn.o_proj.weight", &self.o_proj)?,
+            o_bias: opt::<B>(&mut f, "self_attn.o_proj.bias", &self.o_bias)?,
+            q_norm: opt::<B>(&mut f, "self_attn.q_norm.weight", &self.q_norm)?,
+            k_norm: opt::<B>(&mut f, "self_attn.k_norm.weight", &self.k_norm)?,
+            post_norm: f("post_attention_layernorm.weight", &self.post_norm)?,
+            gate_proj: f("mlp.gate_proj.weight", &self.gate_proj)?,
+            up_proj: f("mlp.up_proj.weight", &self.up_proj)?,
+            down_proj: f("mlp.down_proj.weight", &self.down_proj)?,
+        })
+    }
+}
+
 pub struct ModelWeights<B: Backend> {
     pub embed: B::Buf,
     pub layers: Vec<LayerWeights<B>>,

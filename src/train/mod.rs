@@ -1,11 +1,24 @@
-//! Training only where it is needed: which layers (`layers`), what it costs in
-//! memory (`plan`), and the optimizer (`adamw`). The trainable window, the losses and the optimizer come next
-//! (DESIGN.md sections 4 and 5).
+//! Training only where it is needed (DESIGN sections 4 and 5): which layers
+//! (`layers`), what it costs in memory (`plan`), the rollouts (`rollout`), the
+//! advantages (`advantage`), the packed mini-batch (`pack`), one layer's forward
+//! with saves and its backward (`layer`), the fused LM-head loss (`head`), the
+//! optimizer (`adamw`, SGD in the backend), and the step (`trainer`).
 
 pub mod adamw;
+pub mod advantage;
+pub mod config;
+pub mod head;
+pub mod layer;
 pub mod layers;
+pub mod pack;
 pub mod plan;
+pub mod rollout;
+pub mod trainer;
 
 pub use adamw::AdamW;
+pub use advantage::{advantages, Algo};
+pub use config::{Optimizer, TrainConfig};
 pub use layers::TrainLayers;
 pub use plan::{MemoryPlan, PlanInput};
+pub use rollout::{read_rollouts, Rollout};
+pub use trainer::{StepStats, TrainedLayer, Trainer};

@@ -74,6 +74,13 @@ impl<T: Real> Backend for CpuBackend<T> {
         Ok(buf.iter().map(|&v| v.to_f32()).collect())
     }
 
+    fn download_f64(&self, buf: &Vec<T>) -> Result<Vec<f64>> {
+        Ok(buf
+            .iter()
+            .map(|&v| v.to_f64().unwrap_or(f64::NAN))
+            .collect())
+    }
+
     fn zeros(&self, len: usize) -> Result<Vec<T>> {
         Ok(vec![T::zero(); len])
     }

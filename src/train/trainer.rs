@@ -1,0 +1,442 @@
+//! The training step over the trainable window (DESIGN section 4), written once over
+//! the `Backend` trait.
+//!
+//! Trained layers S, `lo = min(S)`. Only the layers of S own an f32 master copy,
+//! an f32 gradient and (AdamW) m and v; no other layer has any training buffer.
+//! Per mini-batch, a preparation pass runs the prefix (layers < lo) once and keeps
+//! the hidden state entering `lo` for every PPO epoch, and computes the old
+//! log-probs where the rollouts carry none (before any update, so they are the
+//! policy that the step starts from). Each update then runs layers lo.. keeping
+//! only their inputs, the fused LM-head loss, and the backward from the top down to
+//! `lo`, recomputing each layer from its saved input; frozen layers above `lo` get
+//! input gradients only. Nothing is backpropagated below `lo`.
+
+use super::layer::{self, PackedIdx};
+use super::pack::Packed;
+use super::{advantages, Optimizer, Rollout, TrainConfig, TrainLayers};
+use crate::backend::{cpu::loss::kl_term, stat, Backend};
+use crate::model::{layer_param_specs, LayerWeights, Model};
+use crate::{Error, Result};
+
+/// Training state of one trained layer: master weights, gradients, optimizer state.
+pub struct TrainedLayer<B: Backend> {
+    pub layer: usize,
+    pub master: LayerWeights<B>,
+    pub grads: LayerWeights<B>,
+    pub adam: Option<(LayerWeights<B>, LayerWeights<B>)>,
+}
+
+/// What a step (or one gradient computation) measured. Means are over the loss
+/// tokens of all updates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepStats {
+    /// The aggregated loss (mean over the updates of the step).
+    pub loss: f64,
+    /// Global gradient norm before clipping (of the last update).
+    pub grad_norm: f64,
+    pub clip_frac: f64,
+    pub entropy: f64,
+    /// Mean KL estimate where reference log-probs were given (0 otherwise).
+    pub kl: f64,
+    pub ratio_mean: f64,
+    pub reward_mean: f64,
+    pub adv_abs_mean: f64,
+    /// Completion tokens (loss rows) per epoch.
+    pub loss_tokens: usize,
+    /// Tokens run through the window per epoch (prompt + completion).
+    pub tokens: usize,
+    pub updates: usize,
+    /// Updates skipped because the loss or a gradient was not finite.
+    pub skipped: usize,
+}
+
+/// A prepared mini-batch: packed, with its old log-probs and the hidden state that
+/// enters the lowest trained layer.
+struct Prepared<B: Backend> {
+    pack: Packed,
+    old_logp: Vec<f32>,
+    x_lo: B::Buf,
+}
+
+pub struct Trainer<B: Backend> {
+    model: Model<B>,
+    layers: Vec<usize>,
+    trained: Vec<TrainedLayer<B>>,
+    cfg: TrainConfig,
+    /// Optimizer updates done (AdamW's t).
+    updates: u64,
+}
+
+impl<B: Backend> Trainer<B> {
+    pub fn new(model: Model<B>, layers: &TrainLayers, cfg: TrainConfig) -> Result<Self> {
+        cfg.validate()?;
+        let layers: Vec<usize> = layers.layers().to_vec();
+        let n = model.cfg.num_hidden_layers;
+        if layers.is_empty() || layers.iter().any(|&l| l >= n) {
+            return Err(Error::invalid(format!(
+                "--train-layer: layers {layers:?} do not fit a model of {n} layers"
+            )));
+        }
+        let be = &model.backend;
+        let mut trained = Vec::with_capacity(layers.len());
+        for &l in &layers {
+            let w = &model.weights.layers[l];
+            let master = w.try_map(|_, b| be.upload_f32(&be.download(b)?))?;
+            let grads = w.try_map(|_, b| be.zeros_f32(be.len(b)))?;
+            let adam = match cfg.optimizer {
+                Optimizer::AdamW(_) => Some((
+                    w.try_map(|_, b| be.zeros_f32(be.len(b)))?,
+                    w.try_map(|_, b| be.zeros_f32(be.len(b)))?,
+                )),
+                Optimizer::Sgd { .. } => None,
+            };
+            trained.push(TrainedLayer {
+                layer: l,
+                master,
+                grads,
+                adam,
+            });
+        }
+        Ok(Trainer {
+            model,
+            layers,
+            trained,
+            cfg,
+            updates: 0,
+        })
+    }
+
+    pub fn model(&self) -> &Model<B> {
+        &self.model
+    }
+
+    pub fn into_model(self) -> Model<B> {
+        self.model
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The trained layers' state (for accounting and checkpoints).
+    pub fn trained(&self) -> &[TrainedLayer<B>] {
+        &self.trained
+    }
+
+    /// Optimizer updates applied so far.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    fn lo(&self) -> usize {
+        self.layers[0]
+    }
+
+    /// One RL step on `rollouts`: `ppo_epochs` passes of `mini_batch`-record updates.
+    pub fn step(&mut self, rollouts: &[Rollout]) -> Result<StepStats> {
+        let prepared = self.prepare(rollouts)?;
+        let mut total = StepStats::default();
+        let mut acc = RowAcc::default();
+        let mut losses = Vec::new();
+        for _ in 0..self.cfg.ppo_epochs {
+            for mb in &prepared {
+                let (loss, stats) = self.gradients(mb)?;
+                acc.add(&mb.pack, &mb.old_logp, &stats, &self.cfg);
+                let norm = self.grad_norm()?;
+                total.grad_norm = norm;
+                if !loss.is_finite() || !norm.is_finite() {
+                    total.skipped += 1;
+                    continue;
+                }
+                losses.push(loss);
+                self.apply(norm)?;
+                total.updates += 1;
+            }
+        }
+        acc.finish(&mut total);
+        total.loss = if losses.is_empty() {
+            f64::NAN
+        } else {
+            losses.iter().sum::<f64>() / losses.len() as f64
+        };
+        fill_batch_stats(&mut total, rollouts, &prepared, self.cfg.algo);
+        Ok(total)
+    }
+
+    /// The loss of all `rollouts` as one mini-batch and the gradient of every trained
+    /// parameter (HF names), without updating anything.
+    pub fn loss_and_grads(
+        &mut self,
+        rollouts: &[Rollout],
+    ) -> Result<(StepStats, Vec<(String, Vec<f32>)>)> {
+        let saved = self.cfg.mini_batch.take();
+        let prepared = self.prepare(rollouts);
+        self.cfg.mini_batch = saved;
+        let prepared = prepared?;
+        let mb = &prepared[0];
+        let (loss, stats) = self.gradients(mb)?;
+        let mut total = StepStats {
+            loss,
+            grad_norm: self.grad_norm()?,
+            ..StepStats::default()
+        };
+        let mut acc = RowAcc::default();
+        acc.add(&mb.pack, &mb.old_logp, &stats, &self.cfg);
+        acc.finish(&mut total);
+        fill_batch_stats(&mut total, rollouts, &prepared, self.cfg.algo);
+        let be = &self.model.backend;
+        let mut grads = Vec::new();
+        for tl in &self.trained {
+            for (name, g) in tl.grads.tensors() {
+                grads.push((format!("model.layers.{}.{name}", tl.layer), be.download(g)?));
+            }
+        }
+        Ok((total, grads))
+    }
+
+    /// The trained parameters (f32 master copies) under their HF names, with shapes.
+    pub fn trained_params(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let be = &self.model.backend;
+        let mut out = Vec::new();
+        for tl in &self.trained {
+            let specs = layer_param_specs(&self.model.cfg, tl.layer);
+            for (spec, (_, buf)) in specs.into_iter().zip(tl.master.tensors()) {
+                out.push((spec.name, spec.shape, be.download(buf)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pack the mini-batches, run the prefix once per mini-batch, and fill in the
+    /// old log-probs the rollouts do not carry.
+    fn prepare(&self, rollouts: &[Rollout]) -> Result<Vec<Prepared<B>>> {
+        if rollouts.is_empty() {
+            return Err(Error::invalid("no rollouts to train on"));
+        }
+        super::rollout::check_vocab(rollouts, self.model.cfg.vocab_size)?;
+        let adv = advantages(rollouts, self.cfg.algo);
+        let per = self.cfg.mini_batch.unwrap_or(rollouts.len()).max(1);
+        let mut out = Vec::new();
+        let order: Vec<usize> = (0..rollouts.len()).collect();
+        for chunk in order.chunks(per) {
+            let records: Vec<&Rollout> = chunk.iter().map(|&i| &rollouts[i]).collect();
+            let a: Vec<f64> = chunk.iter().map(|&i| adv[i]).collect();
+            let pack = Packed::new(&records, &a, self.cfg.loss_agg, self.cfg.max_new_tokens);
+            let idx = PackedIdx::new(&self.model.backend, &pack, &self.model)?;
+            let x_lo = self.run_layers(self.embed(&pack)?, 0..self.lo(), &idx)?;
+            let old_logp = if pack.old_logp.iter().all(Option::is_some) {
+                pack.old_logp.iter().map(|v| v.unwrap_or(0.0)).collect()
+            } else {
+                let x_top = self.run_layers_ref(&x_lo, self.lo()..self.n_layers(), &idx)?;
+                let current = super::head::row_logprobs(&self.model, &x_top, &pack)?;
+                pack.old_logp
+                    .iter()
+                    .zip(current)
+                    .map(|(o, c)| o.unwrap_or(c))
+                    .collect()
+            };
+            out.push(Prepared {
+                pack,
+                old_logp,
+                x_lo,
+            });
+        }
+        Ok(out)
+    }
+
+    fn n_layers(&self) -> usize {
+        self.model.cfg.num_hidden_layers
+    }
+
+    fn embed(&self, p: &Packed) -> Result<B::Buf> {
+        let be = &self.model.backend;
+        let h = self.model.cfg.hidden_size;
+        let ids = be.upload_idx(&p.ids)?;
+        let mut x = be.zeros(p.tokens() * h)?;
+        be.embedding(&mut x, &ids, &self.model.weights.embed, p.tokens(), h)?;
+        Ok(x)
+    }
+
+    /// Run `layers` without keeping anything.
+    fn run_layers(
+        &self,
+        mut x: B::Buf,
+        layers: std::ops::Range<usize>,
+        idx: &PackedIdx<B>,
+    ) -> Result<B::Buf> {
+        for l in layers {
+            x = layer::forward_saved(&self.model, l, &x, idx)?.0;
+        }
+        Ok(x)
+    }
+
+    fn run_layers_ref(
+        &self,
+        x: &B::Buf,
+        mut layers: std::ops::Range<usize>,
+        idx: &PackedIdx<B>,
+    ) -> Result<B::Buf> {
+        match layers.next() {
+            None => {
+                let be = &self.model.backend;
+                let mut y = be.zeros(be.len(x))?;
+                be.copy_convert(&mut y, x)?;
+                Ok(y)
+            }
+            Some(first) => {
+                let y = layer::forward_saved(&self.model, first, x, idx)?.0;
+                self.run_layers(y, layers, idx)
+            }
+        }
+    }
+
+    /// Zero the gradients and compute them for one mini-batch; returns the loss and
+    /// the per-row stats.
+    fn gradients(&mut self, mb: &Prepared<B>) -> Result<(f64, Vec<f64>)> {
+        let be = &self.model.backend;
+        for tl in &mut self.trained {
+            tl.grads = tl.master.try_map(|_, b| be.zeros_f32(be.len(b)))?;
+        }
+        let model = &self.model;
+        let idx = PackedIdx::new(be, &mb.pack, model)?;
+        let (lo, n) = (self.layers[0], model.cfg.num_hidden_layers);
+        // Forward through the window and the suffix, keeping each layer's output
+        // (= the next layer's input) only.
+        let mut outs: Vec<B::Buf> = Vec::with_capacity(n - lo);
+        for l in lo..n {
+            let input = if l == lo { &mb.x_lo } else { &outs[l - lo - 1] };
+            let y = layer::forward_saved(model, l, input, &idx)?.0;
+            outs.push(y);
+        }
+        let top = outs.pop().expect("at least one layer in the window");
+        let (mut dx, stats) =
+            super::head::loss_backward(model, &top, &mb.pack, &mb.old_logp, &self.cfg.loss)?;
+        drop(top);
+        let ec = self.cfg.loss.entropy_coef;
+        let loss: f64 = stats
+            .chunks(stat::STATS)
+            .zip(&mb.pack.weight)
+            .map(|(s, &w)| w as f64 * (s[stat::LOSS] - ec * s[stat::ENTROPY]))
+            .sum();
+        for l in (lo..n).rev() {
+            let input = if l == lo { &mb.x_lo } else { &outs[l - lo - 1] };
+            let (_, acts) = layer::forward_saved(model, l, input, &idx)?;
+            let grads = self
+                .trained
+                .iter_mut()
+                .find(|t| t.layer == l)
+                .map(|t| &mut t.grads);
+            match layer::backward(model, l, input, &acts, &dx, grads, &idx, l > lo)? {
+                Some(d) => dx = d,
+                None => break,
+            }
+            if l > lo {
+                outs.pop();
+            }
+        }
+        Ok((loss, stats))
+    }
+
+    /// The global norm of all trained gradients.
+    fn grad_norm(&self) -> Result<f64> {
+        let be = &self.model.backend;
+        let mut sum = 0.0;
+        for tl in &self.trained {
+            for (_, g) in tl.grads.tensors() {
+                sum += be.sum_squares(g)?;
+            }
+        }
+        Ok(sum.sqrt())
+    }
+
+    /// Clip and apply the optimizer; refresh the forward pass's copies.
+    fn apply(&mut self, norm: f64) -> Result<()> {
+        let clip = self.cfg.grad_clip as f64;
+        let scale = if clip > 0.0 {
+            (clip / (norm + 1e-6)).min(1.0) as f32
+        } else {
+            1.0
+        };
+        self.updates += 1;
+        let be = &self.model.backend;
+        for tl in &mut self.trained {
+            let weights = &mut self.model.weights.layers[tl.layer];
+            let copies = weights.tensors_mut();
+            let masters = tl.master.tensors_mut();
+            let grads = tl.grads.tensors();
+            match (&self.cfg.optimizer, &mut tl.adam) {
+                (Optimizer::AdamW(opt), Some((m, v))) => {
+                    for ((((_, c), (_, p)), (_, g)), ((_, m), (_, v))) in copies
+                        .into_iter()
+                        .zip(masters)
+                        .zip(grads)
+                        .zip(m.tensors_mut().into_iter().zip(v.tensors_mut()))
+                    {
+                        be.adamw_step(p, m, v, Some(c), g, opt, self.updates, scale)?;
+                    }
+                }
+                (Optimizer::Sgd { lr, weight_decay }, _) => {
+                    for (((_, c), (_, p)), (_, g)) in copies.into_iter().zip(masters).zip(grads) {
+                        be.sgd_step(p, Some(c), g, *lr, *weight_decay, scale)?;
+                    }
+                }
+                (Optimizer::AdamW(_), None) => {
+                    return Err(Error::invalid("AdamW state missing (optimizer changed?)"))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sums over loss rows for the step's means.
+#[derive(Default)]
+struct RowAcc {
+    rows: usize,
+    clipped: f64,
+    entropy: f64,
+    ratio: f64,
+    kl: f64,
+    kl_rows: usize,
+}
+
+impl RowAcc {
+    fn add(&mut self, p: &Packed, old: &[f32], stats: &[f64], cfg: &TrainConfig) {
+        for (r, s) in stats.chunks(stat::STATS).enumerate() {
+            let logp = s[stat::LOGP];
+            self.rows += 1;
+            self.clipped += s[stat::CLIPPED];
+            self.entropy += s[stat::ENTROPY];
+            self.ratio += (logp - old[r] as f64).clamp(-20.0, 20.0).exp();
+            if let Some(rf) = p.ref_logp[r] {
+                self.kl += kl_term(logp, rf as f64, cfg.loss.kl).0;
+                self.kl_rows += 1;
+            }
+        }
+    }
+
+    fn finish(&self, s: &mut StepStats) {
+        let n = self.rows.max(1) as f64;
+        s.clip_frac = self.clipped / n;
+        s.entropy = self.entropy / n;
+        s.ratio_mean = self.ratio / n;
+        s.kl = if self.kl_rows > 0 {
+            self.kl / self.kl_rows as f64
+        } else {
+            0.0
+        };
+    }
+}
+
+fn fill_batch_stats<B: Backend>(
+    s: &mut StepStats,
+    rollouts: &[Rollout],
+    prepared: &[Prepared<B>],
+    algo: super::Algo,
+) {
+    s.reward_mean = rollouts.iter().map(|r| r.reward).sum::<f64>() / rollouts.len() as f64;
+    let adv = advantages(rollouts, algo);
+    s.adv_abs_mean = adv.iter().map(|a| a.abs()).sum::<f64>() / adv.len() as f64;
+    s.loss_tokens = prepared.iter().map(|p| p.pack.rows.len()).sum();
+    s.tokens = prepared.iter().map(|p| p.pack.tokens()).sum();
+}
