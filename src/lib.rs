@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod model;
 pub mod resolve;
 pub mod sampling;
+pub mod tasks;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -1,0 +1,221 @@
+//! The built-in generated task (DESIGN section 6): small additions and
+//! subtractions, sized so the built-in tiny model learns them on a CPU in
+//! about a minute.
+//!
+//! Problem `i` of seed `s` is drawn from a counter hash of `(s, i, draw)`
+//! (`crate::sampling::mix64`), so a problem does not depend on how many are
+//! generated. Each operand has a digit count uniform in `1..=max_digits`, then
+//! a value uniform among the numbers with that many digits (one digit: 0-9);
+//! the operator is uniform among `ops`; for `-` the operands are swapped when
+//! needed so the result is not negative (unless `allow_negative`).
+//!
+//! Prompt: exactly the expression, `"23+58="` (no chat template). Reference:
+//! the result, `"81"`. Reward: 1.0 when the completion, with surrounding
+//! whitespace removed, starts with the reference followed by a non-digit or
+//! the end (`"81"`, `" 81\n"`, `"81 because"` score 1; `"810"`, `"8"`, `"x81"`
+//! score 0), else 0.0. Only the leading number counts.
+//!
+//! `ALPHABET` is every character the task uses, `END` (a newline) included:
+//! the end-of-answer marker a character-level model emits after the number
+//! (`"23+58=81\n"`).
+
+use super::Problem;
+use crate::sampling::mix64;
+use crate::{Error, Result};
+
+/// The end-of-answer marker.
+pub const END: char = '\n';
+
+/// Every character of prompts, answers and the end marker.
+pub const ALPHABET: &str = "0123456789+-= \n";
+
+/// Settings of the generated task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArithOptions {
+    pub seed: u64,
+    /// How many problems to generate.
+    pub count: usize,
+    /// Largest operand digit count (1..=9).
+    pub max_digits: u32,
+    /// Operators to draw from, a subset of `"+-"`.
+    pub ops: String,
+    /// Allow negative results of `-`.
+    pub allow_negative: bool,
+}
+
+impl Default for ArithOptions {
+    fn default() -> Self {
+        ArithOptions {
+            seed: 0,
+            count: 1000,
+            max_digits: 2,
+            ops: "+-".into(),
+            allow_negative: false,
+        }
+    }
+}
+
+impl ArithOptions {
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=9).contains(&self.max_digits) {
+            return Err(Error::invalid(format!(
+                "arith task: operand digits must be in 1..=9, got {}",
+                self.max_digits
+            )));
+        }
+        if self.ops.is_empty() || !self.ops.chars().all(|c| c == '+' || c == '-') {
+            return Err(Error::invalid(format!(
+                "arith task: operators must be a non-empty subset of \"+-\", got {:?}",
+                self.ops
+            )));
+        }
+        if self.count == 0 {
+            return Err(Error::invalid(
+                "arith task: the problem count must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A 64-bit hash of (seed, problem, draw).
+fn draw(seed: u64, i: usize, j: u64) -> u64 {
+    mix64(seed ^ mix64((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ mix64(j)))
+}
+
+/// Uniform in `lo..=hi` (modulo bias below 2^-30 for these ranges).
+fn uniform(h: u64, lo: u64, hi: u64) -> u64 {
+    lo + h % (hi - lo + 1)
+}
+
+/// Problem `i` of the task: `(a, op, b)`.
+fn operands(opts: &ArithOptions, i: usize) -> (i64, char, i64) {
+    let ops: Vec<char> = opts.ops.chars().collect();
+    let operand = |j: u64| {
+        let d = uniform(draw(opts.seed, i, j), 1, opts.max_digits as u64) as u32;
+        let lo = if d == 1 { 0 } else { 10u64.pow(d - 1) };
+        uniform(draw(opts.seed, i, j + 1), lo, 10u64.pow(d) - 1) as i64
+    };
+    let (mut a, mut b) = (operand(0), operand(2));
+    let op = ops[uniform(draw(opts.seed, i, 4), 0, ops.len() as u64 - 1) as usize];
+    if op == '-' && !opts.allow_negative && a < b {
+        std::mem::swap(&mut a, &mut b);
+    }
+    (a, op, b)
+}
+
+/// Generates `opts.count` problems.
+pub fn generate(opts: &ArithOptions) -> Result<Vec<Problem>> {
+    opts.validate()?;
+    Ok((0..opts.count)
+        .map(|i| {
+            let (a, op, b) = operands(opts, i);
+            let value = if op == '+' { a + b } else { a - b };
+            Problem {
+                id: format!("arith-{}-{i}", opts.seed),
+                prompt: format!("{a}{op}{b}="),
+                reference: value.to_string(),
+                code: None,
+            }
+        })
+        .collect())
+}
+
+/// 1.0 when the stripped completion starts with `reference` followed by a
+/// non-digit or the end.
+pub fn reward(reference: &str, completion: &str) -> f64 {
+    let text = completion.trim();
+    match text.strip_prefix(reference) {
+        Some(rest) if !reference.is_empty() && !rest.starts_with(|c: char| c.is_ascii_digit()) => {
+            1.0
+        }
+        _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_problems_are_right_and_reproducible() {
+        let opts = ArithOptions {
+            seed: 7,
+            count: 500,
+            ..Default::default()
+        };
+        let a = generate(&opts).unwrap();
+        assert_eq!(a, generate(&opts).unwrap());
+        let first = generate(&ArithOptions {
+            count: 10,
+            ..opts.clone()
+        })
+        .unwrap();
+        assert_eq!(first[..], a[..10], "a problem does not depend on the count");
+        for p in &a {
+            let expr = p.prompt.strip_suffix('=').unwrap();
+            let (x, op, y) = match expr.split_once('+') {
+                Some((x, y)) => (x, '+', y),
+                None => {
+                    let (x, y) = expr.split_once('-').unwrap();
+                    (x, '-', y)
+                }
+            };
+            let (x, y): (i64, i64) = (x.parse().unwrap(), y.parse().unwrap());
+            assert!(
+                (0..100).contains(&x) && (0..100).contains(&y),
+                "{}",
+                p.prompt
+            );
+            let want = if op == '+' { x + y } else { x - y };
+            assert!(want >= 0);
+            assert_eq!(p.reference, want.to_string());
+            assert!(p
+                .prompt
+                .chars()
+                .chain(p.reference.chars())
+                .all(|c| ALPHABET.contains(c)));
+        }
+        let minus = a.iter().filter(|p| p.prompt.contains('-')).count();
+        assert!((150..350).contains(&minus), "{minus} subtractions of 500");
+        let two_digit = a.iter().filter(|p| p.prompt.len() >= 5).count();
+        assert!(two_digit > 250, "{two_digit}");
+        let other = generate(&ArithOptions { seed: 8, ..opts }).unwrap();
+        assert_ne!(a, other);
+    }
+
+    #[test]
+    fn rewards() {
+        assert_eq!(reward("81", "81"), 1.0);
+        assert_eq!(reward("81", " 81\n"), 1.0);
+        assert_eq!(reward("81", "81 because"), 1.0);
+        assert_eq!(reward("81", "81=81"), 1.0);
+        assert_eq!(reward("81", "810"), 0.0);
+        assert_eq!(reward("81", "8"), 0.0);
+        assert_eq!(reward("81", "x81"), 0.0);
+        assert_eq!(reward("81", ""), 0.0);
+        assert_eq!(reward("-5", "-5\n"), 1.0);
+        assert_eq!(reward("5", "-5"), 0.0);
+    }
+
+    #[test]
+    fn bad_options() {
+        for opts in [
+            ArithOptions {
+                max_digits: 0,
+                ..Default::default()
+            },
+            ArithOptions {
+                ops: "*".into(),
+                ..Default::default()
+            },
+            ArithOptions {
+                count: 0,
+                ..Default::default()
+            },
+        ] {
+            let e = generate(&opts).unwrap_err().to_string();
+            assert!(e.starts_with("arith task:") && !e.contains('\n'), "{e}");
+        }
+    }
+}
