@@ -15,6 +15,7 @@ pub mod generation_config;
 pub mod kernels;
 pub mod model;
 pub mod resolve;
+pub mod rl;
 pub mod sampling;
 pub mod tasks;
 pub mod tokenizer;

@@ -1,172 +1,356 @@
-//! `engine run`: train the selected layers. With `--rollouts FILE.jsonl` it trains
-//! from a rollout file without generating (each step uses every record, split into
-//! `--mini-batch` updates, `--ppo-epochs` times), writing `OUT/trained.safetensors`
-//! (the trained parameters, f32, HF names) and `OUT/metrics.jsonl` (one line a step).
+//! `engine run`: RL post-training of the selected layers.
+//!
+//! - No `--rollouts`: the RL loop (`onelayer::rl`): generate, reward, train,
+//!   evaluate, checkpoint. With no `--model` it is the built-in demo (the tiny model
+//!   on the `arith` task). Settings: defaults, then `--config run.toml`, then flags;
+//!   `--resume DIR` continues DIR with its `config.toml` (flags still override, e.g. a
+//!   larger `--steps`).
+//! - `--rollouts FILE.jsonl`: train from a rollout file without generating (each step
+//!   uses every record, split into `--mini-batch` updates, `--ppo-epochs` times),
+//!   writing `OUT/trained.safetensors` and `OUT/metrics.jsonl`.
 
-use super::{ModelArgs, ModelJob};
-use onelayer::backend::cpu::loss::LossAgg;
-use onelayer::backend::{Backend, LossConfig};
+use super::{load_tokenizer, with_backend, BackendJob};
+use onelayer::backend::Backend;
+use onelayer::chat::ChatTemplate;
+use onelayer::config::{builtin, Family};
+use onelayer::generation_config::stop_token_ids;
 use onelayer::model::Model;
-use onelayer::train::config::{parse_kl_type, parse_loss_agg};
-use onelayer::train::{
-    read_rollouts, AdamW, Algo, Optimizer, Rollout, StepStats, TrainConfig, TrainLayers, Trainer,
-};
+use onelayer::resolve::resolve_model;
+use onelayer::rl::run::{run_rl, train_config, INTERRUPTED};
+use onelayer::rl::{CharCodec, ChatCodec, RunSettings, TextCodec};
+use onelayer::tasks::{arith, TaskKind};
+use onelayer::train::{read_rollouts, Rollout, StepStats, TrainLayers, Trainer};
 use onelayer::{Error, Result};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 pub struct Args {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Layers to train: 18, 17,18, 16-19 or all.
+    /// Model directory, HF id or alias. Omit for the built-in demo (tiny model, arith task).
     #[arg(long)]
-    pub train_layer: String,
-    /// Train on these rollouts (JSONL: group, prompt_ids, completion_ids, reward, and
-    /// optionally old_logprobs, ref_logprobs) instead of generating.
+    pub model: Option<String>,
+    /// auto | cpu | cuda | cuda:N | emu
     #[arg(long)]
-    pub rollouts: PathBuf,
-    /// Training steps (each uses every rollout in the file).
-    #[arg(long, default_value_t = 1)]
-    pub steps: usize,
-    /// Output directory (trained.safetensors, metrics.jsonl).
+    pub device: Option<String>,
+    /// Layers to train: 18, 17,18, 16-19 or all (default: the middle layer).
     #[arg(long)]
-    pub out: PathBuf,
-    /// grpo (group-normalised advantages, token-mean) or dr-grpo (no std,
-    /// seq-mean-token-sum-norm).
-    #[arg(long, default_value = "grpo")]
-    pub algo: String,
+    pub train_layer: Option<String>,
+    /// gsm8k | math | code | arith
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Training problems (JSONL) for gsm8k, math, code.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Held-out problems for evaluation.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Train from this rollout file instead of generating (see the module docs).
+    #[arg(long)]
+    pub rollouts: Option<PathBuf>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Run directory (default: runs/<UTC timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Settings file (TOML, the keys of OUT/config.toml); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[arg(long)]
+    pub prompts_per_step: Option<usize>,
+    #[arg(long)]
+    pub group_size: Option<usize>,
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// grpo | dr-grpo
+    #[arg(long)]
+    pub algo: Option<String>,
     /// token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (default: the algorithm's).
     #[arg(long)]
     pub loss_agg: Option<String>,
     /// adamw | sgd
-    #[arg(long, default_value = "adamw")]
-    pub optimizer: String,
-    #[arg(long, default_value_t = 1e-6)]
-    pub lr: f32,
-    #[arg(long, default_value_t = 0.01)]
-    pub weight_decay: f32,
-    #[arg(long, default_value_t = 0.9)]
-    pub beta1: f32,
-    #[arg(long, default_value_t = 0.999)]
-    pub beta2: f32,
-    #[arg(long, default_value_t = 1e-8)]
-    pub adam_eps: f32,
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
     /// Clip the global gradient norm to this (0 disables).
-    #[arg(long, default_value_t = 1.0)]
-    pub grad_clip: f32,
-    /// The divisor of seq-mean-token-sum-norm (and the generation limit of `run`).
-    #[arg(long, default_value_t = 1024)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 1)]
-    pub ppo_epochs: usize,
-    /// Rollouts per optimizer update (default: all of them).
+    #[arg(long)]
+    pub grad_clip: Option<f32>,
+    #[arg(long)]
+    pub ppo_epochs: Option<usize>,
+    /// Rollouts per optimizer update (default: all of a step's).
     #[arg(long)]
     pub mini_batch: Option<usize>,
-    #[arg(long, default_value_t = 0.2)]
-    pub clip_low: f64,
-    #[arg(long, default_value_t = 0.2)]
-    pub clip_high: f64,
+    #[arg(long)]
+    pub clip_low: Option<f64>,
+    #[arg(long)]
+    pub clip_high: Option<f64>,
     /// Dual-clip constant for negative advantages (0 disables).
-    #[arg(long, default_value_t = 3.0)]
-    pub clip_c: f64,
-    /// Weight of the KL term (needs ref_logprobs in the rollouts).
-    #[arg(long, default_value_t = 0.0)]
-    pub kl_coef: f64,
+    #[arg(long)]
+    pub clip_c: Option<f64>,
+    /// Weight of the KL term (--rollouts: needs ref_logprobs in the file).
+    #[arg(long)]
+    pub kl_coef: Option<f64>,
     /// k1 | k2 | k3 | low-var-kl
-    #[arg(long, default_value = "k3")]
-    pub kl_type: String,
-    #[arg(long, default_value_t = 0.0)]
-    pub entropy_coef: f64,
+    #[arg(long)]
+    pub kl_type: Option<String>,
+    #[arg(long)]
+    pub entropy_coef: Option<f64>,
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    #[arg(long)]
+    pub eval_size: Option<usize>,
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    #[arg(long)]
+    pub keep_checkpoints: Option<usize>,
+    /// Stop after this many steps in a row with a non-finite loss or gradient.
+    #[arg(long)]
+    pub max_bad_steps: Option<usize>,
+    /// Qwen3 chat prompts with thinking on.
+    #[arg(long)]
+    pub thinking: bool,
+    #[arg(long)]
+    pub arith_digits: Option<u32>,
+    #[arg(long)]
+    pub arith_ops: Option<String>,
 }
 
 impl Args {
-    fn train_config(&self) -> Result<TrainConfig> {
-        let algo = Algo::parse(&self.algo)?;
-        let loss_agg: LossAgg = match &self.loss_agg {
-            Some(s) => parse_loss_agg(s)?,
-            None => TrainConfig::default_agg(algo),
-        };
-        let optimizer = match self.optimizer.as_str() {
-            "adamw" => Optimizer::AdamW(AdamW {
-                lr: self.lr,
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.adam_eps,
-                weight_decay: self.weight_decay,
-            }),
-            "sgd" => Optimizer::Sgd {
-                lr: self.lr,
-                weight_decay: self.weight_decay,
-            },
-            other => {
-                return Err(Error::invalid(format!(
-                    "--optimizer '{other}': expected adamw or sgd"
-                )))
-            }
-        };
-        if let Optimizer::AdamW(a) = optimizer {
-            for (flag, v) in [("--beta1", a.beta1), ("--beta2", a.beta2)] {
-                if !(0.0..1.0).contains(&v) {
-                    return Err(Error::invalid(format!("{flag} {v} must be in [0, 1)")));
-                }
-            }
-            if !(a.eps > 0.0) {
-                return Err(Error::invalid("--adam-eps must be positive"));
-            }
-        }
-        let cfg = TrainConfig {
-            algo,
-            loss: LossConfig {
-                eps_low: self.clip_low,
-                eps_high: self.clip_high,
-                clip_c: (self.clip_c != 0.0).then_some(self.clip_c),
-                kl: parse_kl_type(&self.kl_type)?,
-                beta: self.kl_coef,
-                entropy_coef: self.entropy_coef,
-            },
-            loss_agg,
+    fn flags(&self) -> RunSettings {
+        RunSettings {
+            model: self.model.clone(),
+            device: self.device.clone(),
+            task: self.task.clone(),
+            data: self.data.clone(),
+            eval_data: self.eval_data.clone(),
+            train_layer: self.train_layer.clone(),
+            steps: self.steps,
+            prompts_per_step: self.prompts_per_step,
+            group_size: self.group_size,
             max_new_tokens: self.max_new_tokens,
-            optimizer,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+            algo: self.algo.clone(),
+            loss_agg: self.loss_agg.clone(),
+            optimizer: self.optimizer.clone(),
+            lr: self.lr,
+            weight_decay: self.weight_decay,
             grad_clip: self.grad_clip,
             ppo_epochs: self.ppo_epochs,
             mini_batch: self.mini_batch,
-        };
-        cfg.validate()?;
-        Ok(cfg)
+            clip_low: self.clip_low,
+            clip_high: self.clip_high,
+            clip_c: self.clip_c,
+            kl_coef: self.kl_coef,
+            kl_type: self.kl_type.clone(),
+            entropy_coef: self.entropy_coef,
+            eval_every: self.eval_every,
+            eval_size: self.eval_size,
+            save_every: self.save_every,
+            keep_checkpoints: self.keep_checkpoints,
+            max_bad_steps: self.max_bad_steps,
+            thinking: self.thinking.then_some(true),
+            arith_digits: self.arith_digits,
+            arith_ops: self.arith_ops.clone(),
+        }
     }
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.steps == 0 {
-        return Err(Error::invalid("--steps must be at least 1"));
-    }
-    let cfg = a.train_config()?;
-    let rollouts = read_rollouts(&a.rollouts)?;
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::file(&a.out, e))?;
-    let job = Job {
-        cfg,
-        rollouts,
-        train_layer: a.train_layer.clone(),
-        steps: a.steps,
-        out: a.out.clone(),
+    let flags = a.flags();
+    let file = match (&a.resume, &a.config) {
+        (Some(dir), _) => RunSettings::from_toml_file(&dir.join("config.toml"))?,
+        (None, Some(p)) => RunSettings::from_toml_file(p)?,
+        (None, None) => RunSettings::default(),
     };
-    a.model.run(job)
+    let given = file.overlay(&flags);
+    let demo = given.model.is_none();
+    let settings = RunSettings::defaults(demo).overlay(&given);
+    if let Some(path) = &a.rollouts {
+        return from_rollouts(&settings, path, a.out.as_deref());
+    }
+    let out = match (&a.resume, &a.out) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(o)) => o.clone(),
+        (None, None) => PathBuf::from("runs").join(timestamp()),
+    };
+    let device = settings.device.clone().unwrap_or_else(|| "auto".into());
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: finishing this step and saving a checkpoint (again to quit now)");
+    });
+    with_backend(
+        &device,
+        RlJob {
+            settings,
+            out,
+            resume: a.resume.is_some(),
+        },
+    )
 }
 
-struct Job {
-    cfg: TrainConfig,
+struct RlJob {
+    settings: RunSettings,
+    out: PathBuf,
+    resume: bool,
+}
+
+impl BackendJob for RlJob {
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        let s = &self.settings;
+        let kind = TaskKind::parse(s.task.as_deref().unwrap_or("arith"))?;
+        let (model, codec): (Model<B>, Box<dyn TextCodec>) = match &s.model {
+            None => {
+                if kind != TaskKind::Arith {
+                    return Err(Error::invalid(format!(
+                        "--task {kind}: the built-in demo model only speaks the arith task; give --model"
+                    )));
+                }
+                let codec = CharCodec::new(arith::ALPHABET, arith::END);
+                let mut cfg = builtin("tiny").expect("the tiny shape is built in");
+                cfg.vocab_size = codec.vocab();
+                cfg.eos_token_ids = codec.stop_ids().to_vec();
+                let model = Model::random(cfg, backend, s.seed.unwrap_or(0) ^ 0x0de0)?;
+                eprintln!(
+                    "demo: the built-in tiny Qwen3-architecture model ({} layers, random weights, character vocabulary) on the arith task",
+                    model.cfg.num_hidden_layers
+                );
+                (model, Box::new(codec))
+            }
+            Some(name) => {
+                let dir = resolve_model(name)?;
+                let model = Model::load(&dir, backend)?;
+                let tokenizer = load_tokenizer(&dir)?;
+                let mut stop = stop_token_ids(&dir, &model.cfg.eos_token_ids)?;
+                let template = kind.uses_chat_template().then(|| {
+                    let t = match model.cfg.family {
+                        Family::Qwen3 => "qwen3",
+                        Family::Qwen2 => "qwen2",
+                    };
+                    ChatTemplate::detect(&dir, t)
+                });
+                if let Some(id) = tokenizer.token_id("<|im_end|>") {
+                    if template.is_some() && !stop.contains(&id) {
+                        stop.push(id);
+                    }
+                }
+                let codec = ChatCodec {
+                    tokenizer,
+                    template,
+                    enable_thinking: s.thinking.unwrap_or(false),
+                    stop,
+                };
+                (model, Box::new(codec))
+            }
+        };
+        eprintln!("run directory: {}", self.out.display());
+        let summary = run_rl(model, codec.as_ref(), s, &self.out, self.resume)?;
+        let first = summary.rewards.first().map(|r| r.1).unwrap_or(f64::NAN);
+        let last: Vec<f64> = summary.rewards.iter().rev().take(5).map(|r| r.1).collect();
+        let last = last.iter().sum::<f64>() / last.len().max(1) as f64;
+        eprintln!(
+            "done: {} steps; mean reward {first:.3} at the first step, {last:.3} over the last 5; {}/metrics.jsonl, reward.svg, trained.safetensors",
+            summary.steps_done,
+            self.out.display()
+        );
+        Ok(())
+    }
+}
+
+/// `runs/` names: UTC `YYYYMMDD-HHMMSS`.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn from_rollouts(s: &RunSettings, path: &Path, out: Option<&Path>) -> Result<()> {
+    let model = s.model.clone().ok_or_else(|| {
+        Error::invalid("--rollouts needs --model (the model the rollouts came from)")
+    })?;
+    let layer = s
+        .train_layer
+        .clone()
+        .ok_or_else(|| Error::invalid("--rollouts needs --train-layer"))?;
+    let out = out
+        .ok_or_else(|| Error::invalid("--rollouts needs --out DIR"))?
+        .to_path_buf();
+    let steps = s.steps.unwrap_or(1);
+    if steps == 0 {
+        return Err(Error::invalid("--steps must be at least 1"));
+    }
+    let mut s = s.clone();
+    if s.max_new_tokens.is_none() {
+        s.max_new_tokens = Some(1024);
+    }
+    let cfg = train_config(&s)?;
+    let rollouts = read_rollouts(path)?;
+    std::fs::create_dir_all(&out).map_err(|e| Error::file(&out, e))?;
+    let dir = resolve_model(&model)?;
+    let device = s.device.clone().unwrap_or_else(|| "auto".into());
+    with_backend(
+        &device,
+        RolloutJob {
+            dir,
+            cfg,
+            rollouts,
+            layer,
+            steps,
+            out,
+        },
+    )
+}
+
+struct RolloutJob {
+    dir: PathBuf,
+    cfg: onelayer::train::TrainConfig,
     rollouts: Vec<Rollout>,
-    train_layer: String,
+    layer: String,
     steps: usize,
     out: PathBuf,
 }
 
-impl ModelJob for Job {
-    fn run<B: Backend>(self, _dir: &Path, model: Model<B>) -> Result<()> {
-        let layers = TrainLayers::parse(&self.train_layer, model.cfg.num_hidden_layers)?;
+impl BackendJob for RolloutJob {
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        let model = Model::load(&self.dir, backend)?;
+        let layers = TrainLayers::parse(&self.layer, model.cfg.num_hidden_layers)?;
         let mut trainer = Trainer::new(model, &layers, self.cfg)?;
         let metrics_path = self.out.join("metrics.jsonl");
         let mut metrics =
@@ -176,8 +360,8 @@ impl ModelJob for Job {
             let s = trainer.step(&self.rollouts)?;
             trainer.model().backend.synchronize()?;
             let secs = t0.elapsed().as_secs_f64();
-            let line = metrics_line(step, &s, secs, &layers);
-            writeln!(metrics, "{line}").map_err(|e| Error::file(&metrics_path, e))?;
+            writeln!(metrics, "{}", metrics_line(step, &s, secs, &layers))
+                .map_err(|e| Error::file(&metrics_path, e))?;
             eprintln!(
                 "step {step}/{}: loss {:.5} grad_norm {:.4} clip_frac {:.3} entropy {:.3} reward {:.3} ({:.0} tok/s)",
                 self.steps,

@@ -207,6 +207,76 @@ impl<B: Backend> Trainer<B> {
         Ok(out)
     }
 
+    /// Everything a checkpoint needs besides the update count: the trained
+    /// parameters under their HF names and, for AdamW, `optimizer.m.<name>` and
+    /// `optimizer.v.<name>`.
+    pub fn state(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let be = &self.model.backend;
+        let mut out = self.trained_params()?;
+        for tl in &self.trained {
+            if let Some((m, v)) = &tl.adam {
+                let specs = layer_param_specs(&self.model.cfg, tl.layer);
+                for (spec, ((_, mb), (_, vb))) in
+                    specs.iter().zip(m.tensors().into_iter().zip(v.tensors()))
+                {
+                    out.push((
+                        format!("optimizer.m.{}", spec.name),
+                        spec.shape.clone(),
+                        be.download(mb)?,
+                    ));
+                    out.push((
+                        format!("optimizer.v.{}", spec.name),
+                        spec.shape.clone(),
+                        be.download(vb)?,
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restore `state()` (and the update count): master weights, the forward pass's
+    /// copies, AdamW's m and v. Every tensor must be present with its shape.
+    pub fn load_state(
+        &mut self,
+        tensors: &std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,
+        updates: u64,
+    ) -> Result<()> {
+        let get = |name: &str, shape: &[usize]| -> Result<&Vec<f32>> {
+            match tensors.get(name) {
+                Some((s, v)) if s.as_slice() == shape => Ok(v),
+                Some((s, _)) => Err(Error::invalid(format!(
+                    "checkpoint tensor {name} has shape {s:?}, expected {shape:?}"
+                ))),
+                None => Err(Error::invalid(format!("checkpoint lacks tensor {name}"))),
+            }
+        };
+        let be = &self.model.backend;
+        for tl in &mut self.trained {
+            let specs = layer_param_specs(&self.model.cfg, tl.layer);
+            let copies = self.model.weights.layers[tl.layer].tensors_mut();
+            for ((spec, (_, master)), (_, copy)) in
+                specs.iter().zip(tl.master.tensors_mut()).zip(copies)
+            {
+                *master = be.upload_f32(get(&spec.name, &spec.shape)?)?;
+                be.copy_convert(copy, master)?;
+            }
+            if let Some((m, v)) = &mut tl.adam {
+                for (spec, ((_, mb), (_, vb))) in specs
+                    .iter()
+                    .zip(m.tensors_mut().into_iter().zip(v.tensors_mut()))
+                {
+                    *mb =
+                        be.upload_f32(get(&format!("optimizer.m.{}", spec.name), &spec.shape)?)?;
+                    *vb =
+                        be.upload_f32(get(&format!("optimizer.v.{}", spec.name), &spec.shape)?)?;
+                }
+            }
+        }
+        self.updates = updates;
+        Ok(())
+    }
+
     /// Pack the mini-batches, run the prefix once per mini-batch, and fill in the
     /// old log-probs the rollouts do not carry.
     fn prepare(&self, rollouts: &[Rollout]) -> Result<Vec<Prepared<B>>> {

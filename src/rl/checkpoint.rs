@@ -1,0 +1,114 @@
+//! Checkpoints: `OUT/checkpoints/step-NNNNNN/` holding `state.safetensors` (the
+//! trained parameters and the optimizer state, `Trainer::state`) and `meta.json`
+//! (step, optimizer updates, trained layers). Written into a temporary directory
+//! and renamed, so a checkpoint is either complete or absent; the last `keep` are kept.
+
+use crate::backend::Backend;
+use crate::train::Trainer;
+use crate::weights::{write_f32, WeightFiles};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub step: usize,
+    pub updates: u64,
+    pub train_layers: Vec<usize>,
+}
+
+pub fn dir(out: &Path) -> PathBuf {
+    out.join("checkpoints")
+}
+
+/// Save the trainer's state after `step`; keep the newest `keep` checkpoints.
+pub fn save<B: Backend>(
+    out: &Path,
+    step: usize,
+    trainer: &Trainer<B>,
+    keep: usize,
+) -> Result<PathBuf> {
+    let root = dir(out);
+    std::fs::create_dir_all(&root).map_err(|e| Error::file(&root, e))?;
+    let final_dir = root.join(format!("step-{step:06}"));
+    let tmp = root.join(format!(".tmp-step-{step:06}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    write_f32(&tmp.join("state.safetensors"), &trainer.state()?)?;
+    let meta = Meta {
+        step,
+        updates: trainer.updates(),
+        train_layers: trainer.trained().iter().map(|t| t.layer).collect(),
+    };
+    let meta_path = tmp.join("meta.json");
+    std::fs::write(
+        &meta_path,
+        serde_json::to_string_pretty(&meta).expect("meta serialises"),
+    )
+    .map_err(|e| Error::file(&meta_path, e))?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::file(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::file(&final_dir, e))?;
+    let all = list(out)?;
+    if keep > 0 && all.len() > keep {
+        for (_, old) in &all[..all.len() - keep] {
+            std::fs::remove_dir_all(old).map_err(|e| Error::file(old, e))?;
+        }
+    }
+    Ok(final_dir)
+}
+
+/// Complete checkpoints, oldest first.
+pub fn list(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let root = dir(out);
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(&root).map_err(|e| Error::file(&root, e))? {
+        let e = e.map_err(|e| Error::file(&root, e))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            v.push((n, e.path()));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Load a checkpoint directory into the trainer; returns its metadata.
+pub fn load<B: Backend>(ckpt: &Path, trainer: &mut Trainer<B>) -> Result<Meta> {
+    let meta_path = ckpt.join("meta.json");
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::file(&meta_path, e))?;
+    let meta: Meta = serde_json::from_str(&text).map_err(|e| Error::file(&meta_path, e))?;
+    let layers: Vec<usize> = trainer.trained().iter().map(|t| t.layer).collect();
+    if meta.train_layers != layers {
+        return Err(Error::file(
+            &meta_path,
+            format!(
+                "trained layers {:?} differ from this run's {:?}",
+                meta.train_layers, layers
+            ),
+        ));
+    }
+    let path = ckpt.join("state.safetensors");
+    let files = WeightFiles::open_files(std::slice::from_ref(&path))?;
+    let mut tensors = HashMap::new();
+    let names: Vec<String> = files.names().map(str::to_string).collect();
+    for name in names {
+        let info = files.info(&name).expect("listed");
+        let v = files.get_f32(&name, &info.shape)?;
+        tensors.insert(name, (info.shape.clone(), v));
+    }
+    trainer
+        .load_state(&tensors, meta.updates)
+        .map_err(|e| Error::file(&path, e))?;
+    Ok(meta)
+}

@@ -1,0 +1,396 @@
+//! The RL loop (DESIGN section 5): each step samples `prompts_per_step` problems
+//! (a seeded permutation per pass over the data), generates `group_size`
+//! completions each, rewards them, and hands the rollouts to the `Trainer` (old
+//! log-probs and the frozen prefix computed once, `ppo_epochs` x mini-batches).
+//! Every `eval_every` steps the held-out set is evaluated; every `save_every` steps
+//! and at the end a checkpoint is written. `OUT/metrics.jsonl` gets one line a step,
+//! `OUT/reward.svg` is redrawn, `OUT/config.toml` holds the resolved settings.
+//!
+//! Reproducibility: the problems of step s and the random stream of every sample
+//! depend only on (seed, s), so a resumed run (`resume`) continues exactly as the
+//! uninterrupted one would (bit-identical on the CPU).
+
+use super::checkpoint;
+use super::codec::TextCodec;
+use super::eval::{evaluate, EvalResult};
+use super::plot::reward_svg;
+use super::sample::sample_groups;
+use super::settings::RunSettings;
+use crate::backend::cpu::loss::LossAgg;
+use crate::backend::{Backend, LossConfig};
+use crate::generate::GenerateParams;
+use crate::model::Model;
+use crate::sampling::{mix64, SamplingParams};
+use crate::tasks::arith::ArithOptions;
+use crate::tasks::{self, Problem, Rewarder, TaskKind};
+use crate::train::config::{parse_kl_type, parse_loss_agg};
+use crate::train::{AdamW, Algo, Optimizer, TrainConfig, TrainLayers, Trainer};
+use crate::{Error, Result};
+use serde_json::json;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Set by a Ctrl-C handler: the loop saves a checkpoint and stops after the step.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub steps_done: usize,
+    /// Mean training reward of each step run in this process.
+    pub rewards: Vec<(usize, f64)>,
+    pub evals: Vec<(usize, EvalResult)>,
+    pub interrupted: bool,
+}
+
+/// The training settings of `s` (all fields resolved).
+pub fn train_config(s: &RunSettings) -> Result<TrainConfig> {
+    let algo = Algo::parse(s.algo.as_deref().unwrap_or("grpo"))?;
+    let loss_agg: LossAgg = match &s.loss_agg {
+        Some(a) => parse_loss_agg(a)?,
+        None => TrainConfig::default_agg(algo),
+    };
+    let lr = s.lr.unwrap_or(1e-6);
+    let wd = s.weight_decay.unwrap_or(0.01);
+    let optimizer = match s.optimizer.as_deref().unwrap_or("adamw") {
+        "adamw" => Optimizer::AdamW(AdamW {
+            lr,
+            weight_decay: wd,
+            ..AdamW::default()
+        }),
+        "sgd" => Optimizer::Sgd {
+            lr,
+            weight_decay: wd,
+        },
+        other => {
+            return Err(Error::invalid(format!(
+                "--optimizer '{other}': expected adamw or sgd"
+            )))
+        }
+    };
+    let clip_c = s.clip_c.unwrap_or(3.0);
+    let cfg = TrainConfig {
+        algo,
+        loss: LossConfig {
+            eps_low: s.clip_low.unwrap_or(0.2),
+            eps_high: s.clip_high.unwrap_or(0.2),
+            clip_c: (clip_c != 0.0).then_some(clip_c),
+            kl: parse_kl_type(s.kl_type.as_deref().unwrap_or("k3"))?,
+            beta: s.kl_coef.unwrap_or(0.0),
+            entropy_coef: s.entropy_coef.unwrap_or(0.0),
+        },
+        loss_agg,
+        max_new_tokens: s.max_new_tokens.unwrap_or(512),
+        optimizer,
+        grad_clip: s.grad_clip.unwrap_or(1.0),
+        ppo_epochs: s.ppo_epochs.unwrap_or(1),
+        mini_batch: s.mini_batch,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn positive(flag: &str, v: Option<usize>) -> Result<usize> {
+    match v {
+        Some(v) if v > 0 => Ok(v),
+        _ => Err(Error::invalid(format!("--{flag} must be at least 1"))),
+    }
+}
+
+/// The training and held-out problems of the run's task.
+pub fn load_problems(s: &RunSettings) -> Result<(TaskKind, Vec<Problem>, Vec<Problem>)> {
+    let kind = TaskKind::parse(s.task.as_deref().unwrap_or("arith"))?;
+    let seed = s.seed.unwrap_or(0);
+    let arith = |seed: u64, count: usize| ArithOptions {
+        seed,
+        count,
+        max_digits: s.arith_digits.unwrap_or(1),
+        ops: s.arith_ops.clone().unwrap_or_else(|| "+".into()),
+        allow_negative: false,
+    };
+    let train = tasks::load(kind, s.data.as_deref(), &arith(seed, 10_000))?;
+    if train.is_empty() {
+        return Err(Error::invalid("--data: the dataset holds no problems"));
+    }
+    let eval_size = s.eval_size.unwrap_or(200);
+    let eval = match (&s.eval_data, kind) {
+        (Some(p), _) => tasks::load(kind, Some(p), &arith(seed, 0))?,
+        (None, TaskKind::Arith) => {
+            tasks::load(kind, None, &arith(mix64(seed ^ 0xe7a1), eval_size))?
+        }
+        (None, _) => Vec::new(),
+    };
+    let eval = eval.into_iter().take(eval_size).collect();
+    Ok((kind, train, eval))
+}
+
+/// The problems of step `step` (1-based): a seeded permutation per pass.
+pub fn step_problems(n: usize, per_step: usize, seed: u64, step: usize) -> Vec<usize> {
+    (0..per_step)
+        .map(|k| {
+            let flat = (step - 1) * per_step + k;
+            let (pass, i) = (flat / n, flat % n);
+            permutation(n, mix64(seed ^ (pass as u64).wrapping_mul(0x9e37)))[i]
+        })
+        .collect()
+}
+
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut keys: Vec<(u64, usize)> = (0..n).map(|i| (mix64(seed ^ mix64(i as u64)), i)).collect();
+    keys.sort();
+    keys.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Run (or, with `resume`, continue) the RL loop in `out`. `settings` must be
+/// resolved (defaults applied).
+pub fn run_rl<B: Backend>(
+    model: Model<B>,
+    codec: &dyn TextCodec,
+    settings: &RunSettings,
+    out: &Path,
+    resume: bool,
+) -> Result<RunSummary> {
+    let s = settings;
+    let (kind, problems, eval_problems) = load_problems(s)?;
+    let train_cfg = train_config(s)?;
+    let steps = positive("steps", s.steps)?;
+    let per_step = positive("prompts-per-step", s.prompts_per_step)?;
+    let group = positive("group-size", s.group_size)?;
+    let max_new = positive("max-new-tokens", s.max_new_tokens)?;
+    let sampling = SamplingParams {
+        temperature: s.temperature.unwrap_or(1.0),
+        top_p: s.top_p.unwrap_or(1.0),
+        top_k: s.top_k.unwrap_or(0),
+    };
+    sampling.validate()?;
+    let seed = s.seed.unwrap_or(0);
+    let n_layers = model.cfg.num_hidden_layers;
+    let layer_spec = s
+        .train_layer
+        .clone()
+        .unwrap_or_else(|| (n_layers / 2).to_string());
+    let layers = TrainLayers::parse(&layer_spec, n_layers)?;
+    let rewarder = Rewarder::default();
+    let prompts: Vec<Vec<u32>> = problems
+        .iter()
+        .map(|p| codec.prompt_ids(&p.prompt))
+        .collect::<Result<_>>()?;
+
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+    let cfg_path = out.join("config.toml");
+    std::fs::write(&cfg_path, s.to_toml()).map_err(|e| Error::file(&cfg_path, e))?;
+    let mut trainer = Trainer::new(model, &layers, train_cfg)?;
+    let mut start = 0;
+    if resume {
+        if let Some((step, dir)) = checkpoint::list(out)?.pop() {
+            checkpoint::load(&dir, &mut trainer)?;
+            start = step;
+            eprintln!("resuming {} after step {step}", out.display());
+        } else {
+            eprintln!("no checkpoint in {}: starting from step 1", out.display());
+        }
+    }
+    let metrics_path = out.join("metrics.jsonl");
+    let (mut train_curve, mut eval_curve) = read_curves(&metrics_path, start)?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::file(&metrics_path, e))?;
+    let mut summary = RunSummary {
+        steps_done: start,
+        rewards: Vec::new(),
+        evals: Vec::new(),
+        interrupted: false,
+    };
+    let mut bad_run = 0;
+    let run_start = Instant::now();
+    let eval_every = s.eval_every.unwrap_or(0);
+    if start == 0 && !eval_problems.is_empty() && eval_every > 0 {
+        // The base model, so the chart and the log start from it.
+        let r = evaluate(
+            trainer.model(),
+            codec,
+            kind,
+            &rewarder,
+            &eval_problems,
+            1,
+            max_new,
+            sampling,
+            seed,
+        )?;
+        eprintln!(
+            "[   0/{steps}] eval {:.3} (the model before training)",
+            r.accuracy
+        );
+        writeln!(
+            metrics,
+            "{}",
+            json!({"step": 0, "eval_accuracy": r.accuracy})
+        )
+        .map_err(|e| Error::file(&metrics_path, e))?;
+        eval_curve.push((0, r.accuracy));
+        summary.evals.push((0, r));
+    }
+    for step in start + 1..=steps {
+        let t0 = Instant::now();
+        let idx = step_problems(problems.len(), per_step, seed, step);
+        let step_prompts: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].clone()).collect();
+        let gen = GenerateParams {
+            max_new_tokens: max_new,
+            sampling,
+            seed: mix64(seed ^ mix64(step as u64)),
+            stop_ids: codec.stop_ids().to_vec(),
+        };
+        let samples = sample_groups(
+            trainer.model(),
+            codec,
+            &step_prompts,
+            group,
+            &gen,
+            &format!("s{step}"),
+            |p, text| rewarder.reward(kind, &problems[idx[p]], text),
+        )?;
+        let gen_secs = t0.elapsed().as_secs_f64();
+        let rollouts: Vec<_> = samples.iter().map(|x| x.rollout.clone()).collect();
+        let t1 = Instant::now();
+        let stats = trainer.step(&rollouts)?;
+        trainer.model().backend.synchronize()?;
+        let train_secs = t1.elapsed().as_secs_f64();
+        if stats.updates == 0 {
+            bad_run += 1;
+            eprintln!("step {step}: loss or gradient not finite, update skipped");
+        } else {
+            bad_run = 0;
+        }
+        let gen_tokens: usize = rollouts.iter().map(|r| r.completion_ids.len()).sum();
+        let correct = samples.iter().filter(|x| x.rollout.reward >= 1.0).count();
+        let mut line = json!({
+            "step": step,
+            "reward_mean": stats.reward_mean,
+            "accuracy": correct as f64 / samples.len() as f64,
+            "loss": finite(stats.loss),
+            "grad_norm": finite(stats.grad_norm),
+            "clip_frac": stats.clip_frac,
+            "entropy": stats.entropy,
+            "kl": stats.kl,
+            "ratio_mean": stats.ratio_mean,
+            "adv_abs_mean": stats.adv_abs_mean,
+            "response_length_mean": gen_tokens as f64 / rollouts.len() as f64,
+            "rollout_tokens_per_s": gen_tokens as f64 / gen_secs.max(1e-9),
+            "train_tokens_per_s": stats.tokens as f64 * trainer.config().ppo_epochs as f64 / train_secs.max(1e-9),
+            "rollout_seconds": gen_secs,
+            "train_seconds": train_secs,
+            "updates": stats.updates,
+            "skipped_updates": stats.skipped,
+            "lr": trainer.config().optimizer.lr(),
+            "elapsed_seconds": run_start.elapsed().as_secs_f64(),
+        });
+        if !eval_problems.is_empty() && eval_every > 0 && (step % eval_every == 0 || step == steps)
+        {
+            let r = evaluate(
+                trainer.model(),
+                codec,
+                kind,
+                &rewarder,
+                &eval_problems,
+                1,
+                max_new,
+                sampling,
+                seed,
+            )?;
+            line["eval_accuracy"] = json!(r.accuracy);
+            eval_curve.push((step, r.accuracy));
+            summary.evals.push((step, r));
+        }
+        writeln!(metrics, "{line}").map_err(|e| Error::file(&metrics_path, e))?;
+        train_curve.push((step, stats.reward_mean));
+        summary.rewards.push((step, stats.reward_mean));
+        summary.steps_done = step;
+        let svg_path = out.join("reward.svg");
+        std::fs::write(
+            &svg_path,
+            reward_svg(
+                &train_curve,
+                &eval_curve,
+                &format!("{} — {}", kind, out.display()),
+            ),
+        )
+        .map_err(|e| Error::file(&svg_path, e))?;
+        eprintln!(
+            "[{step:>4}/{steps}] reward {:.3} acc {:.3}{} loss {:+.4} |g| {:.3} clip {:.3} H {:.3} | rollout {:.0} tok/s, train {:.0} tok/s",
+            stats.reward_mean,
+            correct as f64 / samples.len() as f64,
+            line.get("eval_accuracy").map(|v| format!(" eval {:.3}", v.as_f64().unwrap_or(0.0))).unwrap_or_default(),
+            stats.loss,
+            stats.grad_norm,
+            stats.clip_frac,
+            stats.entropy,
+            gen_tokens as f64 / gen_secs.max(1e-9),
+            stats.tokens as f64 / train_secs.max(1e-9),
+        );
+        let save_every = s.save_every.unwrap_or(0);
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        if (save_every > 0 && step % save_every == 0) || step == steps || interrupted {
+            checkpoint::save(out, step, &trainer, s.keep_checkpoints.unwrap_or(3))?;
+        }
+        if interrupted {
+            eprintln!(
+                "interrupted: checkpoint saved after step {step}; --resume {} continues",
+                out.display()
+            );
+            summary.interrupted = true;
+            break;
+        }
+        let max_bad = s.max_bad_steps.unwrap_or(5);
+        if max_bad > 0 && bad_run >= max_bad {
+            return Err(Error::invalid(format!(
+                "{bad_run} steps in a row had a non-finite loss or gradient (--max-bad-steps {max_bad}); stopping"
+            )));
+        }
+    }
+    let params = trainer.trained_params()?;
+    crate::weights::write_f32(&out.join("trained.safetensors"), &params)?;
+    Ok(summary)
+}
+
+/// The curves already in `metrics.jsonl` up to step `upto` (resume); lines after
+/// it are dropped from the file.
+fn read_curves(path: &Path, upto: usize) -> Result<(Vec<(usize, f64)>, Vec<(usize, f64)>)> {
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    if !path.exists() {
+        return Ok((train, eval));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let mut kept = String::new();
+    for line in text.lines() {
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let step = v["step"].as_u64().unwrap_or(0) as usize;
+        if step > upto || (step == 0 && upto == 0) {
+            continue;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+        if let Some(r) = v["reward_mean"].as_f64() {
+            train.push((step, r));
+        }
+        if let Some(a) = v["eval_accuracy"].as_f64() {
+            eval.push((step, a));
+        }
+    }
+    std::fs::write(path, kept).map_err(|e| Error::file(path, e))?;
+    Ok((train, eval))
+}
+
+fn finite(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        serde_json::Value::Null
+    }
+}
