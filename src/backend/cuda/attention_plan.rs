@@ -55,6 +55,110 @@ pub fn padded_head_dim(head_dim: usize) -> Option<usize> {
     [32, 64, 128, 256].into_iter().find(|&d| head_dim <= d)
 }
 
+/// Keys per dK/dV block of the attention backward (4 warps x 16 keys).
+pub const BWD_KEY_TILE: usize = 64;
+
+/// One sequence of a training batch: `tokens` consecutive batch tokens from `token0`,
+/// all of cache slot `slot`, at positions `pos0..pos0 + tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRun {
+    pub slot: u32,
+    pub token0: usize,
+    pub tokens: usize,
+    pub pos0: u32,
+}
+
+/// The batch as runs of one slot at consecutive positions, refusing a slot that appears
+/// in more than one run (its keys would be owned by two backward blocks).
+pub fn slot_runs(slot: &[u32], pos: &[u32]) -> std::result::Result<Vec<SlotRun>, String> {
+    let mut runs: Vec<SlotRun> = Vec::new();
+    let mut t = 0;
+    while t < slot.len() {
+        let mut n = 1;
+        while t + n < slot.len()
+            && slot[t + n] == slot[t]
+            && pos[t + n] as u64 == pos[t] as u64 + n as u64
+        {
+            n += 1;
+        }
+        if let Some(prev) = runs.iter().find(|r| r.slot == slot[t]) {
+            return Err(format!(
+                "attention backward: the tokens of slot {} are not one run at consecutive positions \
+                 (tokens {}..{} at positions {}.., then token {t} at position {})",
+                slot[t],
+                prev.token0,
+                prev.token0 + prev.tokens,
+                prev.pos0,
+                pos[t]
+            ));
+        }
+        runs.push(SlotRun {
+            slot: slot[t],
+            token0: t,
+            tokens: n,
+            pos0: pos[t],
+        });
+        t += n;
+    }
+    Ok(runs)
+}
+
+/// Query rows of a run that see key `key` (positions >= key).
+fn rows_seeing(r: &SlotRun, key: usize) -> usize {
+    let first = key.saturating_sub(r.pos0 as usize);
+    r.tokens.saturating_sub(first)
+}
+
+/// `[slot, key0, keys, token0, tokens, pos0]` per dK/dV block, flattened: every key
+/// `0..pos0 + tokens` of each run's slot in tiles of `BWD_KEY_TILE`, the tiles with the
+/// most query rows to visit first (the longest blocks start early on a GPU).
+pub fn backward_key_tiles(runs: &[SlotRun]) -> Vec<i32> {
+    let mut tiles: Vec<(usize, [i32; 6])> = Vec::new();
+    for r in runs {
+        let kv_len = r.pos0 as usize + r.tokens;
+        for key0 in (0..kv_len).step_by(BWD_KEY_TILE) {
+            let keys = BWD_KEY_TILE.min(kv_len - key0);
+            let t = [
+                r.slot as usize,
+                key0,
+                keys,
+                r.token0,
+                r.tokens,
+                r.pos0 as usize,
+            ];
+            tiles.push((rows_seeing(r, key0), t.map(|v| v as i32)));
+        }
+    }
+    tiles.sort_by_key(|&(work, _)| std::cmp::Reverse(work));
+    tiles.into_iter().flat_map(|(_, t)| t).collect()
+}
+
+/// The dQ tiles (`prefill_tiles` of the runs), the most work (16-row warps times keys)
+/// first.
+pub fn backward_query_tiles(runs: &[SlotRun]) -> Vec<i32> {
+    let mut tiles: Vec<[i32; 4]> = Vec::new();
+    for r in runs {
+        for start in (0..r.tokens).step_by(TILE_ROWS) {
+            let rows = TILE_ROWS.min(r.tokens - start);
+            let pos0 = r.pos0 as usize + start;
+            tiles.push([r.token0 + start, rows, r.slot as usize, pos0].map(|v| v as i32));
+        }
+    }
+    tiles.sort_by_key(|t| std::cmp::Reverse((t[1] + 15) / 16 * (t[1] + t[3])));
+    tiles.into_iter().flatten().collect()
+}
+
+/// Dynamic shared memory of the backward kernels for padded head dim `dt`: the dK/dV
+/// and the dQ kernel (mirrors `AttnBwdTile` in kernels/attention_backward.cu).
+pub fn backward_smem(dt: usize) -> (u32, u32) {
+    let ld = dt + 8;
+    let br = if dt <= 64 { 64 } else { 32 };
+    let qc = br;
+    let dkdv = (2 * BWD_KEY_TILE + 2 * br) * ld * 2 + 2 * br * 4;
+    let dq = (2 * qc + 2 * TILE_ROWS) * ld * 2;
+    (dkdv as u32, dq as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +205,40 @@ mod tests {
         assert_eq!(padded_head_dim(144), Some(256));
         assert_eq!(padded_head_dim(24), None);
         assert_eq!(padded_head_dim(272), None);
+    }
+
+    #[test]
+    fn backward_runs_tiles_and_refusals() {
+        // slot 2: 70 tokens at 5..75 (cached prefix 0..5), slot 0: 3 tokens at 0..3
+        let mut slot = vec![2u32; 70];
+        let mut pos: Vec<u32> = (5..75).collect();
+        slot.extend([0, 0, 0]);
+        pos.extend([0, 1, 2]);
+        let runs = slot_runs(&slot, &pos).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            runs[0],
+            SlotRun {
+                slot: 2,
+                token0: 0,
+                tokens: 70,
+                pos0: 5
+            }
+        );
+        // keys 0..75 of slot 2 in two tiles, keys 0..3 of slot 0
+        let kt = backward_key_tiles(&runs);
+        assert_eq!(
+            kt,
+            vec![2, 0, 64, 0, 70, 5, 2, 64, 11, 0, 70, 5, 0, 0, 3, 70, 3, 0]
+        );
+        let qt = backward_query_tiles(&runs);
+        assert_eq!(qt, vec![0, 64, 2, 5, 64, 6, 2, 69, 70, 3, 0, 0]);
+        // single tokens per slot are runs too
+        assert_eq!(slot_runs(&[0, 1], &[7, 0]).unwrap().len(), 2);
+        // a slot split in two runs, or a gap in the positions, is refused
+        assert!(slot_runs(&[0, 1, 0], &[0, 0, 1]).is_err());
+        let e = slot_runs(&[0, 0, 0], &[0, 1, 3]).unwrap_err();
+        assert!(e.contains("slot 0") && !e.contains('\n'), "{e}");
+        assert_eq!(backward_smem(64), (37376, 36864));
     }
 }

@@ -348,7 +348,7 @@ impl Backend for CudaBackend {
         } else {
             let tiles = self.upload_idx(&tiles.iter().map(|&v| v as u32).collect::<Vec<_>>())?;
             super::launch::attention_prefill(
-                &*self.dev, out, q, k_cache, v_cache, &tiles, d, dt, scale,
+                &*self.dev, out, None, q, k_cache, v_cache, &tiles, d, dt, scale,
             )
         }
     }

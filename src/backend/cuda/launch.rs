@@ -74,10 +74,12 @@ pub fn rmsnorm_bf16(
 }
 
 /// attention_prefill_d{32,64,128,256}_forward_bf16: grid (tiles, heads), 128 threads.
+/// `lse` (f32 `[tokens, heads]`) is written when given (training saves it).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_prefill(
     dev: &dyn Device,
     out: &mut CudaBuf,
+    lse: Option<&mut CudaBuf>,
     q: &CudaBuf,
     k_cache: &CudaBuf,
     v_cache: &CudaBuf,
@@ -101,7 +103,10 @@ pub fn attention_prefill(
     let n_tiles = tiles.host().len() / 4;
     let args = [
         ptr(out.expect(DType::Bf16, "attention out")?),
-        KernelArg::Ptr(DevicePtr(0)), // lse: saved only for training
+        ptr(match lse {
+            Some(l) => l.expect(DType::F32, "attention lse")?,
+            None => DevicePtr(0), // inference: not saved
+        }),
         ptr(q.expect(DType::Bf16, "attention q")?),
         ptr(k_cache.expect(DType::Bf16, "k cache")?),
         ptr(v_cache.expect(DType::Bf16, "v cache")?),
