@@ -250,7 +250,7 @@ fn bad_datasets_are_one_line_errors() {
         ),
         (
             TaskKind::Gsm8k,
-            format!("{{\"question\": \"q\", \"answer\": \"no marker\"}}\n"),
+            "{\"question\": \"q\", \"answer\": \"no marker\"}\n".to_string(),
             "line 1",
             "####",
         ),
@@ -262,7 +262,7 @@ fn bad_datasets_are_one_line_errors() {
         ),
         (
             TaskKind::Gsm8k,
-            format!("{{\"question\": 5, \"answer\": \"#### 1\"}}\n"),
+            "{\"question\": 5, \"answer\": \"#### 1\"}\n".to_string(),
             "line 1",
             "\"question\"",
         ),
@@ -525,13 +525,37 @@ fn sandbox_blocks_the_network() {
         "{}",
         run.stderr
     );
-    // Below the monkeypatched module: only the namespace (when usable) stops it.
-    let raw = "import _socket\nprint(_socket.socket is not None)\n";
-    let r = sandbox::run_python(raw, &SandboxConfig::default());
-    println!(
-        "network namespace: {}; raw _socket run: {:?}",
-        r.network_isolated, r.outcome
+    // Without the namespace, the prelude's guard alone.
+    let guard_only = Rewarder::new(SandboxConfig {
+        isolate_network: false,
+        ..Default::default()
+    });
+    let s = guard_only.score(TaskKind::Code, &inc_problem(), body);
+    let run = s.run.unwrap();
+    assert!(!run.network_isolated);
+    assert_eq!(
+        (s.reward, run.outcome),
+        (0.0, Outcome::Failed),
+        "{}",
+        run.stderr
     );
+    assert!(
+        run.stderr.contains("network access is disabled"),
+        "{}",
+        run.stderr
+    );
+    // Below the monkeypatched module only the network namespace (when usable)
+    // stops it: inside one the only interface is loopback.
+    let prog = "print(sorted(l.split(':')[0].strip() for l in open('/proc/self/net/dev').readlines()[2:]))\n";
+    let r = sandbox::run_python(prog, &SandboxConfig::default());
+    println!(
+        "network namespace: {}; interfaces seen: {}",
+        r.network_isolated,
+        r.stdout.trim()
+    );
+    if r.network_isolated {
+        assert_eq!(r.stdout.trim(), "['lo']", "{r:?}");
+    }
 }
 
 #[test]
@@ -561,4 +585,74 @@ fn sandbox_environment_and_cleanup() {
     let dir = lines.next().unwrap();
     assert!(dir.contains("onelayer-sandbox-"), "{dir}");
     assert!(!Path::new(dir).exists(), "{dir} was not removed");
+}
+
+#[test]
+fn sandbox_kills_leftover_processes() {
+    if !have_python() {
+        return;
+    }
+    // os.fork and subprocess are disabled, but posix_spawn is not: the spawned
+    // process is in the sandbox's process group and dies with it.
+    let prog = "import os\nprint(os.posix_spawn('/bin/sleep', ['sleep', '30'], {}))\n";
+    let r = sandbox::run_python(prog, &SandboxConfig::default());
+    assert_eq!(r.outcome, Outcome::Passed, "{r:?}");
+    let pid: u32 = r.stdout.trim().parse().unwrap();
+    let t = Instant::now();
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().map(|r| r.trim().chars().next()))
+            .flatten();
+        // Gone, or a zombie waiting for init.
+        if matches!(state, None | Some('Z') | Some('X')) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "pid {pid} still {state:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn score_many_matches_one_by_one() {
+    let problems = tasks::load(
+        TaskKind::Arith,
+        None,
+        &ArithOptions {
+            count: 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let completions: Vec<String> = problems
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if i % 3 == 0 {
+                "0".into()
+            } else {
+                p.reference.clone()
+            }
+        })
+        .collect();
+    let items: Vec<(&Problem, &str)> = problems
+        .iter()
+        .zip(&completions)
+        .map(|(p, c)| (p, c.as_str()))
+        .collect();
+    let rw = Rewarder::default();
+    let many: Vec<f64> = rw
+        .score_many(TaskKind::Arith, &items)
+        .iter()
+        .map(|s| s.reward)
+        .collect();
+    let one: Vec<f64> = items
+        .iter()
+        .map(|(p, c)| rw.reward(TaskKind::Arith, p, c))
+        .collect();
+    assert_eq!(many, one);
+    assert!(many.contains(&1.0));
 }

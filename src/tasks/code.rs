@@ -5,9 +5,10 @@
 //! docstring), `test` (defining `check(candidate)`), `entry_point` and
 //! optionally `canonical_solution` (kept as the reference).
 //!
-//! Prompt (the user turn): "Complete the following Python function:\n```python\n"
-//! + the HumanEval prompt + "```" (a newline is added before the closing fence
-//! when the prompt does not end with one).
+//! Prompt (the user turn): `Complete the following Python function:`, a
+//! newline, a ```` ```python ```` fence line, the HumanEval prompt, then a
+//! closing ```` ``` ```` (a newline is added before it when the prompt does not
+//! end with one).
 //!
 //! Reward: the code is the content of the last ```python (or ```py) fenced
 //! block of the completion; else of the last fenced block of any language;

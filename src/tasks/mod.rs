@@ -146,6 +146,16 @@ impl Rewarder {
         self.score(kind, problem, completion).reward
     }
 
+    /// Scores many completions, in parallel on the rayon pool (code runs are
+    /// subprocesses, so at most one per pool thread at a time). Same order.
+    pub fn score_many(&self, kind: TaskKind, items: &[(&Problem, &str)]) -> Vec<Scored> {
+        use rayon::prelude::*;
+        items
+            .par_iter()
+            .map(|(p, c)| self.score(kind, p, c))
+            .collect()
+    }
+
     pub fn score(&self, kind: TaskKind, problem: &Problem, completion: &str) -> Scored {
         let plain = |reward| Scored { reward, run: None };
         match kind {
