@@ -144,3 +144,34 @@ pub fn cuda_backends() -> Vec<(String, onelayer::backend::cuda::CudaBackend)> {
     }
     v
 }
+
+/// Every tensor of a safetensors file, as f32 (the file must hold only F32
+/// tensors), by name, with its shape. A missing or unreadable file is a failure.
+pub fn read_f32_tensors(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    st.tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            assert_eq!(t.dtype(), Dtype::F32, "{}: {name}", path.display());
+            let data = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (name, (t.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+/// The row-major multi-index of flat index `i` in `shape` (for error messages).
+pub fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (k, &d) in shape.iter().enumerate().rev() {
+        if d > 0 {
+            idx[k] = i % d;
+            i /= d;
+        }
+    }
+    idx
+}
