@@ -193,6 +193,38 @@ pub fn to_f32(bytes: &[u8], dtype: Dtype) -> std::result::Result<Vec<f32>, Strin
     })
 }
 
+/// `values` encoded as `dtype` (F32, BF16 or F16; round to nearest even).
+pub fn encode(values: &[f32], dtype: Dtype) -> Result<Vec<u8>> {
+    Ok(match dtype {
+        Dtype::F32 => bytemuck::cast_slice(values).to_vec(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        other => return Err(Error::Unsupported(format!("writing {other:?} tensors"))),
+    })
+}
+
+/// Write `(name, dtype, shape, bytes)` tensors to one safetensors file, atomically.
+pub fn write_tensors(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Result<()> {
+    use safetensors::tensor::TensorView;
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::invalid(format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
 /// Write f32 tensors `(name, shape, values)` to a safetensors file, atomically (a
 /// temporary file in the same directory, then a rename).
 pub fn write_f32(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 fn engine() -> Command {
     Command::new(env!("CARGO_BIN_EXE_engine"))
 }
@@ -41,13 +43,24 @@ fn demo_learns() {
     let base = m[0]["eval_accuracy"].as_f64().unwrap();
     let last = m.last().unwrap()["eval_accuracy"].as_f64().unwrap();
     assert!(base <= 0.2, "the untrained model already scores {base}");
-    assert!(last >= 0.7, "eval accuracy only reached {last} (from {base})");
+    assert!(
+        last >= 0.7,
+        "eval accuracy only reached {last} (from {base})"
+    );
     let reward = |r: std::ops::Range<usize>| {
-        r.clone().map(|i| m[i]["reward_mean"].as_f64().unwrap()).sum::<f64>() / r.len() as f64
+        r.clone()
+            .map(|i| m[i]["reward_mean"].as_f64().unwrap())
+            .sum::<f64>()
+            / r.len() as f64
     };
     let (first, final_) = (reward(1..6), reward(m.len() - 5..m.len()));
     assert!(final_ > first + 0.2, "training reward {first} -> {final_}");
-    for f in ["config.toml", "reward.svg", "trained.safetensors", "checkpoints/step-000050/meta.json"] {
+    for f in [
+        "config.toml",
+        "reward.svg",
+        "trained.safetensors",
+        "checkpoints/step-000050/meta.json",
+    ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -57,7 +70,16 @@ fn demo_learns() {
 /// identical metrics (timings aside).
 #[test]
 fn resume_equals_uninterrupted() {
-    let common = ["--device", "cpu", "--prompts-per-step", "4", "--eval-every", "0", "--save-every", "3"];
+    let common = [
+        "--device",
+        "cpu",
+        "--prompts-per-step",
+        "4",
+        "--eval-every",
+        "0",
+        "--save-every",
+        "3",
+    ];
     let a = tmp("straight");
     let b = tmp("resumed");
     let mut args = vec!["run", "--steps", "6", "--out", a.to_str().unwrap()];
@@ -70,7 +92,10 @@ fn resume_equals_uninterrupted() {
     assert!(err.contains("resuming"), "{err}");
     let wa = std::fs::read(a.join("trained.safetensors")).unwrap();
     let wb = std::fs::read(b.join("trained.safetensors")).unwrap();
-    assert!(wa == wb, "resumed weights differ from the uninterrupted run's");
+    assert!(
+        wa == wb,
+        "resumed weights differ from the uninterrupted run's"
+    );
     let (ma, mb) = (metrics(&a), metrics(&b));
     assert_eq!(ma.len(), mb.len());
     for (x, y) in ma.iter().zip(&mb) {
@@ -91,10 +116,27 @@ fn bad_settings_are_one_line_errors() {
     std::fs::write(&cfg, "learning_rate = 1\n").unwrap();
     for (args, want) in [
         (vec!["run", "--task", "chess", "--out", d], "--task"),
-        (vec!["run", "--task", "gsm8k", "--model", "tests/fixtures/qwen3-gqa2-tied", "--out", d], "--data"),
+        (
+            vec![
+                "run",
+                "--task",
+                "gsm8k",
+                "--model",
+                "tests/fixtures/qwen3-gqa2-tied",
+                "--out",
+                d,
+            ],
+            "--data",
+        ),
         (vec!["run", "--group-size", "0", "--out", d], "--group-size"),
-        (vec!["run", "--train-layer", "9", "--out", d], "--train-layer"),
-        (vec!["run", "--config", cfg.to_str().unwrap(), "--out", d], "bad.toml"),
+        (
+            vec!["run", "--train-layer", "9", "--out", d],
+            "--train-layer",
+        ),
+        (
+            vec!["run", "--config", cfg.to_str().unwrap(), "--out", d],
+            "bad.toml",
+        ),
         (vec!["run", "--algo", "ppo", "--out", d], "--algo"),
         (vec!["run", "--resume", "/nonexistent/run"], "config.toml"),
     ] {
@@ -102,8 +144,104 @@ fn bad_settings_are_one_line_errors() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         let last = err.trim().lines().last().unwrap_or("");
-        assert!(last.starts_with("error:") && last.contains(want), "{args:?}: {err}");
-        assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+        assert!(
+            last.starts_with("error:") && last.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("internal error"),
+            "{err}"
+        );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Train a layer of the bf16 fixture from a rollout file, export, and load back: the
+/// exported directory has every file of the base model, the trained tensors (in
+/// bf16), the others unchanged, and the engine scores it (differently from the base).
+#[test]
+fn export_loads_back() {
+    use onelayer::weights::WeightFiles;
+    let base = common::fixture("qwen3-mqa-hd24-untied-bf16");
+    let dir = tmp("export");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rollouts = dir.join("r.jsonl");
+    std::fs::write(
+        &rollouts,
+        "{\"group\": 0, \"prompt_ids\": [5, 6, 7], \"completion_ids\": [8, 9], \"reward\": 1}\n\
+         {\"group\": 0, \"prompt_ids\": [5, 6, 7], \"completion_ids\": [10, 11], \"reward\": 0}\n",
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let out = dir.join("exported");
+    run_ok(&[
+        "run",
+        "--model",
+        base.to_str().unwrap(),
+        "--train-layer",
+        "1",
+        "--rollouts",
+        rollouts.to_str().unwrap(),
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "10",
+        "--out",
+        run.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    run_ok(&[
+        "export",
+        "--model",
+        base.to_str().unwrap(),
+        "--trained",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    for f in std::fs::read_dir(&base).unwrap() {
+        let name = f.unwrap().file_name().to_string_lossy().to_string();
+        if !name.contains("safetensors") {
+            assert!(out.join(&name).exists(), "{name} not copied");
+        }
+    }
+    let exported = WeightFiles::open_dir(&out).unwrap();
+    let trained = WeightFiles::open_files(&[run.join("trained.safetensors")]).unwrap();
+    let original = WeightFiles::open_dir(&base).unwrap();
+    let mut changed = 0;
+    for name in original.names() {
+        let info = original.info(name).unwrap();
+        assert_eq!(exported.info(name).unwrap().dtype, info.dtype, "{name}");
+        let got = exported.get_f32(name, &info.shape).unwrap();
+        let want = if trained.contains(name) {
+            changed += 1;
+            let t = trained.get_f32(name, &info.shape).unwrap();
+            t.iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect()
+        } else {
+            original.get_f32(name, &info.shape).unwrap()
+        };
+        assert_eq!(got, want, "{name}");
+    }
+    assert!(changed > 5);
+    let score = |m: &Path| {
+        let o = engine()
+            .args([
+                "score",
+                "--device",
+                "cpu",
+                "--model",
+                m.to_str().unwrap(),
+                "--ids",
+                "5,6,7,8",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_ne!(score(&out), score(&base));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,8 @@
 //! Subcommands. Each file holds one subcommand's flags and its `run`.
 
 mod bench;
+mod eval;
+mod export;
 mod generate;
 mod inspect;
 mod kernels;
@@ -33,8 +35,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train the selected layers (from a rollout file: --rollouts).
+    /// RL post-training of the selected layers (no arguments: the built-in demo).
     Run(run::Args),
+    /// Accuracy (pass@1, pass@k) of a model or a run's trained layers on a task.
+    Eval(eval::Args),
+    /// An HF model directory with a run's trained layers merged in.
+    Export(export::Args),
     /// Per-token log-probs of a sequence, as JSON.
     Score(score::Args),
     /// Generate a continuation of a prompt.
@@ -53,6 +59,8 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(a) => run::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Export(a) => export::run(a),
         Command::Score(a) => score::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),

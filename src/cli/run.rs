@@ -214,54 +214,104 @@ struct RlJob {
     resume: bool,
 }
 
+/// The model and codec a run's settings name: `--model` loaded from disk, or the
+/// built-in demo model (seeded, so the same settings give the same weights).
+pub fn build_model<B: Backend>(
+    s: &RunSettings,
+    backend: B,
+) -> Result<(Model<B>, Box<dyn TextCodec>, Option<PathBuf>)> {
+    let kind = TaskKind::parse(s.task.as_deref().unwrap_or("arith"))?;
+    match &s.model {
+        None => {
+            if kind != TaskKind::Arith {
+                return Err(Error::invalid(format!(
+                    "--task {kind}: the built-in demo model only speaks the arith task; give --model"
+                )));
+            }
+            let codec = CharCodec::new(arith::ALPHABET, arith::END);
+            let mut cfg = builtin("tiny").expect("the tiny shape is built in");
+            cfg.vocab_size = codec.vocab();
+            cfg.eos_token_ids = codec.stop_ids().to_vec();
+            let model = Model::random(cfg, backend, s.seed.unwrap_or(0) ^ 0x0de0)?;
+            Ok((model, Box::new(codec), None))
+        }
+        Some(name) => {
+            let dir = resolve_model(name)?;
+            let model = Model::load(&dir, backend)?;
+            let tokenizer = load_tokenizer(&dir)?;
+            let mut stop = stop_token_ids(&dir, &model.cfg.eos_token_ids)?;
+            let template = kind.uses_chat_template().then(|| {
+                let t = match model.cfg.family {
+                    Family::Qwen3 => "qwen3",
+                    Family::Qwen2 => "qwen2",
+                };
+                ChatTemplate::detect(&dir, t)
+            });
+            if let Some(id) = tokenizer.token_id("<|im_end|>") {
+                if template.is_some() && !stop.contains(&id) {
+                    stop.push(id);
+                }
+            }
+            let codec = ChatCodec {
+                tokenizer,
+                template,
+                enable_thinking: s.thinking.unwrap_or(false),
+                stop,
+            };
+            Ok((model, Box::new(codec), Some(dir)))
+        }
+    }
+}
+
+/// Replace the layers' weights with those of a run's `trained.safetensors` (HF
+/// names `model.layers.N.*`).
+pub fn apply_trained<B: Backend>(model: &mut Model<B>, path: &Path) -> Result<Vec<usize>> {
+    let files = onelayer::weights::WeightFiles::open_files(&[path.to_path_buf()])?;
+    let mut layers = Vec::new();
+    for spec in (0..model.cfg.num_hidden_layers)
+        .flat_map(|l| onelayer::model::layer_param_specs(&model.cfg, l))
+    {
+        if !files.contains(&spec.name) {
+            continue;
+        }
+        let values = files.get_f32(&spec.name, &spec.shape)?;
+        let rest = spec
+            .name
+            .strip_prefix("model.layers.")
+            .expect("layer names");
+        let (l, suffix) = rest.split_once('.').expect("layer names");
+        let l: usize = l.parse().expect("layer index");
+        let be = &model.backend;
+        let buf = be.upload(&values)?;
+        for (name, dst) in model.weights.layers[l].tensors_mut() {
+            if name == suffix {
+                *dst = buf;
+                break;
+            }
+        }
+        if !layers.contains(&l) {
+            layers.push(l);
+        }
+    }
+    if layers.is_empty() {
+        return Err(Error::file(
+            path,
+            "holds no decoder-layer tensor of this model",
+        ));
+    }
+    Ok(layers)
+}
+
 impl BackendJob for RlJob {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
         let s = &self.settings;
-        let kind = TaskKind::parse(s.task.as_deref().unwrap_or("arith"))?;
-        let (model, codec): (Model<B>, Box<dyn TextCodec>) = match &s.model {
-            None => {
-                if kind != TaskKind::Arith {
-                    return Err(Error::invalid(format!(
-                        "--task {kind}: the built-in demo model only speaks the arith task; give --model"
-                    )));
-                }
-                let codec = CharCodec::new(arith::ALPHABET, arith::END);
-                let mut cfg = builtin("tiny").expect("the tiny shape is built in");
-                cfg.vocab_size = codec.vocab();
-                cfg.eos_token_ids = codec.stop_ids().to_vec();
-                let model = Model::random(cfg, backend, s.seed.unwrap_or(0) ^ 0x0de0)?;
-                eprintln!(
-                    "demo: the built-in tiny Qwen3-architecture model ({} layers, random weights, character vocabulary) on the arith task",
-                    model.cfg.num_hidden_layers
-                );
-                (model, Box::new(codec))
-            }
-            Some(name) => {
-                let dir = resolve_model(name)?;
-                let model = Model::load(&dir, backend)?;
-                let tokenizer = load_tokenizer(&dir)?;
-                let mut stop = stop_token_ids(&dir, &model.cfg.eos_token_ids)?;
-                let template = kind.uses_chat_template().then(|| {
-                    let t = match model.cfg.family {
-                        Family::Qwen3 => "qwen3",
-                        Family::Qwen2 => "qwen2",
-                    };
-                    ChatTemplate::detect(&dir, t)
-                });
-                if let Some(id) = tokenizer.token_id("<|im_end|>") {
-                    if template.is_some() && !stop.contains(&id) {
-                        stop.push(id);
-                    }
-                }
-                let codec = ChatCodec {
-                    tokenizer,
-                    template,
-                    enable_thinking: s.thinking.unwrap_or(false),
-                    stop,
-                };
-                (model, Box::new(codec))
-            }
-        };
+        let (model, codec, _) = build_model(s, backend)?;
+        if s.model.is_none() {
+            eprintln!(
+                "demo: the built-in tiny Qwen3-architecture model ({} layers, random weights, character vocabulary) on the arith task",
+                model.cfg.num_hidden_layers
+            );
+        }
         eprintln!("run directory: {}", self.out.display());
         let summary = run_rl(model, codec.as_ref(), s, &self.out, self.resume)?;
         let first = summary.rewards.first().map(|r| r.1).unwrap_or(f64::NAN);
