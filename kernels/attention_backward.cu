@@ -24,8 +24,11 @@
 //   A batch is a set of sequences, each a run of consecutive tokens of one slot at
 //   consecutive positions pos0..pos0+n-1 (the host checks this); keys 0..pos0-1 are an
 //   earlier, cached prefix: they get dK/dV too. Each slot appears in one run only.
-// head_dim is padded with zeros to DT = 32, 64 or 128 (one instantiation each; any
-//   multiple of 16 up to 128). The mma operands are read from padded shared-memory rows
+// head_dim is padded with zeros to DT = 32, 64, 128 or 256 (one instantiation each; any
+//   multiple of 16 up to 256). Each block produces DV = min(DT, 128) output dims: at
+//   DT = 256 two blocks (grid z) share a tile, each recomputing S and dP over all 256
+//   dims for its half of the outputs, so the f32 accumulators never spill (as
+//   attention_prefill does). The mma operands are read from padded shared-memory rows
 //   (LD = DT + 8 bf16: conflict-free 32-bit fragment loads). Every thread reaches every
 //   barrier; warps that have nothing to do in an iteration skip only their math.
 
@@ -38,6 +41,7 @@ struct AttnBwdTile {
     static constexpr int BC = 64;                   // dK/dV: keys per block (4 warps x 16)
     static constexpr int BR = DT <= 64 ? 64 : 32;   // dK/dV: query rows per inner step
     static constexpr int QC = DT <= 64 ? 64 : 32;   // dQ: keys per shared-memory tile
+    static constexpr int DV = DT <= 128 ? DT : 128; // output dims per block (grid z = DT / DV)
     static constexpr int QR = 64;                   // dQ: query rows per block (4 warps x 16)
     // Dynamic shared memory. dK/dV: K, V tiles, Q, dO tiles, lse and D of the query rows.
     static constexpr int DKDV_SMEM = (2 * BC + 2 * BR) * LD * 2 + 2 * BR * 4;
@@ -70,7 +74,9 @@ __device__ __forceinline__ void attb_abt(float (&acc)[N / 8][4], const bf16* a_r
     const int lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3;
 #pragma unroll
     for (int nt = 0; nt < N / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-#pragma unroll
+    // Unrolled by 2 only: full unrolling hoists the fragment loads of every kk and
+    // pushed the dK/dV kernel at DT 256 into spills (sm_80); 4 mma per kk are enough ILP.
+#pragma unroll 2
     for (int kk = 0; kk < DT / 16; ++kk) {
         const bf16* ar = a_rows + g * LD + kk * 16 + tig * 2;
         const uint32_t a[4] = {attb_pair(ar), attb_pair(ar + 8 * LD), attb_pair(ar + 8), attb_pair(ar + 8 * LD + 8)};
@@ -83,11 +89,14 @@ __device__ __forceinline__ void attb_abt(float (&acc)[N / 8][4], const bf16* a_r
     }
 }
 
-// acc[dt] += X B for dt < DT / 8, X the 16 x K matrix held as mma accumulators x[K / 8]
-// (rounded to bf16: the FA2 register trick) and B the K x DT rows at `b_rows` (shared).
+// acc[dt] += X B for dt < DV / 8, X the 16 x K matrix held as mma accumulators x[K / 8]
+// (rounded to bf16: the FA2 register trick) and B the K x DV block of shared rows
+// starting at `b_rows` (row stride LD).
 template <int DT, int K>
-__device__ __forceinline__ void attb_xb(float (&acc)[DT / 8][4], const float (&x)[K / 8][4], const bf16* b_rows) {
+__device__ __forceinline__ void attb_xb(float (&acc)[AttnBwdTile<DT>::DV / 8][4], const float (&x)[K / 8][4],
+                                        const bf16* b_rows) {
     constexpr int LD = AttnBwdTile<DT>::LD;
+    constexpr int DV = AttnBwdTile<DT>::DV;
     const int lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3;
 #pragma unroll
     for (int kk = 0; kk < K / 16; ++kk) {
@@ -96,7 +105,7 @@ __device__ __forceinline__ void attb_xb(float (&acc)[DT / 8][4], const float (&x
                                pack_f32x2_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3])};
         const bf16* b0 = b_rows + (kk * 16 + tig * 2) * LD + g;
 #pragma unroll
-        for (int dt = 0; dt < DT / 8; ++dt) {
+        for (int dt = 0; dt < DV / 8; ++dt) {
             const bf16* bp = b0 + dt * 8;
             const uint32_t b[2] = {pack_bf16x2(bp[0], bp[LD]), pack_bf16x2(bp[8 * LD], bp[9 * LD])};
             mma_m16n8k16_bf16_f32(acc[dt], a, b, acc[dt]);
@@ -134,8 +143,8 @@ attention_dot_backward_bf16(float* __restrict__ delta, const bf16* __restrict__ 
 // ktiles [n, 6] int32: slot, key0, keys (<= 64), token0, tokens, pos0 — keys
 //   key0..key0+keys-1 of `slot`, whose queries are the batch tokens token0..+tokens-1 at
 //   positions pos0.. (the slot's whole run in the batch).
-// Launch: grid (n key tiles, kv_heads), 128 threads = 4 warps; warp w owns keys
-//   16w..16w+15 of the tile and accumulates their dK, dV (16 x DT each, f32) in
+// Launch: grid (n key tiles, kv_heads, DT / DV), 128 threads = 4 warps; warp w owns keys
+//   16w..16w+15 of the tile and accumulates their dK, dV (16 x DV each, f32) in
 //   registers. K, V of the tile are staged once; then for each query head of the group
 //   and each tile of BR query rows that can see the keys (positions >= key0), the Q,
 //   dO rows and their lse, D are staged and each warp computes, transposed (keys as mma
@@ -145,7 +154,7 @@ attention_dot_backward_bf16(float* __restrict__ delta, const bf16* __restrict__ 
 //   the cache gradients (read, add in f32, write bf16; each key belongs to one block).
 // Dynamic shared memory: AttnBwdTile<DT>::DKDV_SMEM bytes
 //   ((2 BC + 2 BR) (DT + 8) bf16 + 2 BR f32: 20992 B at DT 32, 37376 B at 64, 52480 B at
-//   128; above 48 KiB the launcher opts in, so 4 blocks fit an H100 SM).
+//   128, 101632 B at 256; above 48 KiB the launcher opts in).
 // Writes: dk_cache, dv_cache (+=) at the tile's keys only.
 template <int DT>
 __device__ void attention_dkdv_bf16(bf16* __restrict__ dk_cache, bf16* __restrict__ dv_cache,
@@ -157,6 +166,7 @@ __device__ void attention_dkdv_bf16(bf16* __restrict__ dk_cache, bf16* __restric
     constexpr int BC = AttnBwdTile<DT>::BC;
     constexpr int BR = AttnBwdTile<DT>::BR;
     constexpr int LD = AttnBwdTile<DT>::LD;
+    constexpr int DV = AttnBwdTile<DT>::DV;
     EXTERN_SHARED(bf16, smem);
     bf16* ks = smem;                                         // [BC][LD]
     bf16* vs = ks + BC * LD;                                 // [BC][LD]
@@ -168,6 +178,7 @@ __device__ void attention_dkdv_bf16(bf16* __restrict__ dk_cache, bf16* __restric
     const int* kt = ktiles + 6 * blockIdx.x;
     const int slot = kt[0], key0 = kt[1], nkeys = kt[2], token0 = kt[3], ntok = kt[4], pos0 = kt[5];
     const int kvh = blockIdx.y, group = heads / kv_heads;
+    const int dv0 = blockIdx.z * DV;  // first output dim of this block
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane >> 2, tig = lane & 3;
     const float scale_log2 = scale * ATTB_LOG2E;
@@ -178,9 +189,9 @@ __device__ void attention_dkdv_bf16(bf16* __restrict__ dk_cache, bf16* __restric
     attb_stage<DT>(ks, BC, k_cache + kv_off, kv_stride, nkeys, head_dim);
     attb_stage<DT>(vs, BC, v_cache + kv_off, kv_stride, nkeys, head_dim);
 
-    float dk[DT / 8][4], dv[DT / 8][4];
+    float dk[DV / 8][4], dv[DV / 8][4];
 #pragma unroll
-    for (int i = 0; i < DT / 8; ++i) {
+    for (int i = 0; i < DV / 8; ++i) {
         dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = 0.f;
         dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
     }
@@ -225,16 +236,17 @@ __device__ void attention_dkdv_bf16(bf16* __restrict__ dk_cache, bf16* __restric
                     dp[nt][e] = p * (dp[nt][e] - d_s[r]);     // dSᵀ
                 }
             }
-            attb_xb<DT, BR>(dv, s, dos);  // dV += Pᵀ dO
-            attb_xb<DT, BR>(dk, dp, qs);  // dK += dSᵀ Q
+            attb_xb<DT, BR>(dv, s, dos + dv0);  // dV += Pᵀ dO
+            attb_xb<DT, BR>(dk, dp, qs + dv0);  // dK += dSᵀ Q
         }
     }
 
-    // Add into the cache gradients: this lane's keys wkey+g, wkey+g+8, dims 8dt+2tig, +1.
+    // Add into the cache gradients: this lane's keys wkey+g, wkey+g+8, dims
+    // dv0 + 8dt + 2tig, +1.
     if (wkey < nkeys) {
 #pragma unroll
-        for (int dt = 0; dt < DT / 8; ++dt) {
-            const int col = dt * 8 + tig * 2;
+        for (int dt = 0; dt < DV / 8; ++dt) {
+            const int col = dv0 + dt * 8 + tig * 2;
             if (col >= head_dim) continue;
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
@@ -255,8 +267,8 @@ __device__ void attention_dkdv_bf16(bf16* __restrict__ dk_cache, bf16* __restric
 // ---------------------------------------------------------------------------------------
 // attention_dq_d{DT}_backward_bf16: dq of one tile of up to 64 query rows and one head.
 // tiles [n, 4] int32: token_start, rows (<= 64), slot, pos0 — as attention_prefill.
-// Launch: grid (n tiles, heads), 128 threads = 4 warps; warp w owns query rows
-//   16w..16w+15 and accumulates their dQ (16 x DT, f32) in registers. The block's Q and
+// Launch: grid (n tiles, heads, DT / DV), 128 threads = 4 warps; warp w owns query rows
+//   16w..16w+15 and accumulates their dQ (16 x DV, f32) in registers. The block's Q and
 //   dO rows are staged in shared memory once (the A operands are read from there, which
 //   keeps registers for the accumulators); lse and D of the lane's two rows sit in
 //   registers. For each tile of QC keys (0..pos0 + rows - 1, K and V staged): S = Q Kᵀ,
@@ -264,7 +276,8 @@ __device__ void attention_dkdv_bf16(bf16* __restrict__ dk_cache, bf16* __restric
 //   dS = P (dP - D), dQ += dS K (dS from the accumulators as the A fragment). Finally
 //   dq = scale dQ as bf16.
 // Dynamic shared memory: AttnBwdTile<DT>::DQ_SMEM bytes ((2 QC + 128) (DT + 8) bf16,
-//   QC = 64 at DT <= 64, 32 at DT 128: 20480 B at DT 32, 36864 B at 64, 52224 B at 128).
+//   QC = 64 at DT <= 64, else 32: 20480 B at DT 32, 36864 B at 64, 52224 B at 128,
+//   101376 B at 256).
 // Writes: dq (=).
 template <int DT>
 __device__ void attention_dq_bf16(bf16* __restrict__ dq, const bf16* __restrict__ dout,
@@ -275,6 +288,7 @@ __device__ void attention_dq_bf16(bf16* __restrict__ dq, const bf16* __restrict_
     constexpr int QC = AttnBwdTile<DT>::QC;
     constexpr int LD = AttnBwdTile<DT>::LD;
     constexpr int ROWS = AttnBwdTile<DT>::QR;
+    constexpr int DV = AttnBwdTile<DT>::DV;
     EXTERN_SHARED(bf16, smem);
     bf16* ks = smem;            // [QC][LD]
     bf16* vs = ks + QC * LD;    // [QC][LD]
@@ -285,6 +299,7 @@ __device__ void attention_dq_bf16(bf16* __restrict__ dq, const bf16* __restrict_
     const int token0 = tiles[4 * tile + 0], rows = tiles[4 * tile + 1];
     const int slot = tiles[4 * tile + 2], pos0 = tiles[4 * tile + 3];
     const int kvh = head / (heads / kv_heads);
+    const int dv0 = blockIdx.z * DV;  // first output dim of this block
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane >> 2, tig = lane & 3;
     const float scale_log2 = scale * ATTB_LOG2E;
@@ -302,9 +317,9 @@ __device__ void attention_dq_bf16(bf16* __restrict__ dq, const bf16* __restrict_
     // The warp's last row that exists (its position bounds the keys it needs).
     const int wlast = min(rows - 1, warp * 16 + 15);
 
-    float acc[DT / 8][4];
+    float acc[DV / 8][4];
 #pragma unroll
-    for (int i = 0; i < DT / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    for (int i = 0; i < DV / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
 
     const int kv_len = pos0 + rows;
     const size_t kv_stride = (size_t)kv_heads * head_dim;
@@ -330,13 +345,13 @@ __device__ void attention_dq_bf16(bf16* __restrict__ dq, const bf16* __restrict_
                     s[nt][e] = p * (dp[nt][e] - (upper ? d_b : d_a));  // dS
                 }
             }
-            attb_xb<DT, QC>(acc, s, ks);  // dQ += dS K
+            attb_xb<DT, QC>(acc, s, ks + dv0);  // dQ += dS K
         }
     }
 
 #pragma unroll
-    for (int dt = 0; dt < DT / 8; ++dt) {
-        const int col = dt * 8 + tig * 2;
+    for (int dt = 0; dt < DV / 8; ++dt) {
+        const int col = dv0 + dt * 8 + tig * 2;
         if (col >= head_dim) continue;
         if (row_a < rows)
             *reinterpret_cast<uint32_t*>(dq + (row0 + (size_t)row_a * heads) * head_dim + col) =
@@ -375,6 +390,15 @@ attention_dkdv_d128_backward_bf16(bf16* dk_cache, bf16* dv_cache, const bf16* do
 }
 
 extern "C" __global__ void __launch_bounds__(ATTB_THREADS, 1)
+attention_dkdv_d256_backward_bf16(bf16* dk_cache, bf16* dv_cache, const bf16* dout, const float* lse,
+                                  const float* delta, const bf16* q, const bf16* k_cache, const bf16* v_cache,
+                                  const int* ktiles, int heads, int kv_heads, int head_dim, int max_len,
+                                  float scale) {
+    attention_dkdv_bf16<256>(dk_cache, dv_cache, dout, lse, delta, q, k_cache, v_cache, ktiles, heads, kv_heads,
+                             head_dim, max_len, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(ATTB_THREADS, 1)
 attention_dq_d32_backward_bf16(bf16* dq, const bf16* dout, const float* lse, const float* delta, const bf16* q,
                                const bf16* k_cache, const bf16* v_cache, const int* tiles, int heads,
                                int kv_heads, int head_dim, int max_len, float scale) {
@@ -395,5 +419,13 @@ attention_dq_d128_backward_bf16(bf16* dq, const bf16* dout, const float* lse, co
                                 const bf16* k_cache, const bf16* v_cache, const int* tiles, int heads,
                                 int kv_heads, int head_dim, int max_len, float scale) {
     attention_dq_bf16<128>(dq, dout, lse, delta, q, k_cache, v_cache, tiles, heads, kv_heads, head_dim, max_len,
+                           scale);
+}
+
+extern "C" __global__ void __launch_bounds__(ATTB_THREADS, 1)
+attention_dq_d256_backward_bf16(bf16* dq, const bf16* dout, const float* lse, const float* delta, const bf16* q,
+                                const bf16* k_cache, const bf16* v_cache, const int* tiles, int heads,
+                                int kv_heads, int head_dim, int max_len, float scale) {
+    attention_dq_bf16<256>(dq, dout, lse, delta, q, k_cache, v_cache, tiles, heads, kv_heads, head_dim, max_len,
                            scale);
 }

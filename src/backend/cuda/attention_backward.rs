@@ -153,13 +153,18 @@ pub fn attention_backward(
             "attention_dkdv_d128_backward_bf16",
             "attention_dq_d128_backward_bf16",
         ),
-        _ => {
+        256 => (
+            "attention_dkdv_d256_backward_bf16",
+            "attention_dq_d256_backward_bf16",
+        ),
+        other => {
             return Err(Error::Unsupported(format!(
-                "attention_backward: head_dim {} on CUDA (a multiple of 16 up to 128)",
-                d.head_dim
+                "attention_backward: head_dim padding {other}"
             )))
         }
     };
+    // Output dims per block: head_dim 256 splits them over two blocks (grid z).
+    let z = dt.div_ceil(128) as u32;
     let runs = slot_runs(slot.host(), pos.host()).map_err(Error::invalid)?;
     if d.tokens == 0 {
         return Ok(());
@@ -217,7 +222,7 @@ pub fn attention_backward(
     launch_smem(
         dev,
         dkdv_kernel,
-        [n_key_tiles as u32, d.kv_heads as u32, 1],
+        [n_key_tiles as u32, d.kv_heads as u32, z],
         dkdv_smem,
         &args,
     )?;
@@ -239,7 +244,7 @@ pub fn attention_backward(
     launch_smem(
         dev,
         dq_kernel,
-        [n_q_tiles as u32, d.heads as u32, 1],
+        [n_q_tiles as u32, d.heads as u32, z],
         dq_smem,
         &args,
     )

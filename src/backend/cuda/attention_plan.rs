@@ -240,5 +240,6 @@ mod tests {
         let e = slot_runs(&[0, 0, 0], &[0, 1, 3]).unwrap_err();
         assert!(e.contains("slot 0") && !e.contains('\n'), "{e}");
         assert_eq!(backward_smem(64), (37376, 36864));
+        assert_eq!(backward_smem(256), (101632, 101376));
     }
 }
