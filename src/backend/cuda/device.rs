@@ -5,7 +5,7 @@
 //! Device memory is addressed by `DevicePtr` (a device address on a GPU, a host address
 //! in the emulator); kernels are launched by name with a `LaunchConfig` and
 //! `KernelArg`s, which every implementation checks against the signature build.rs
-//! parsed from the source (`check_args`) before launching. GEMMs (`GemmArgs`) are not
+//! parsed from the source (`check_args`) before launching. GEMMs (`GemmEx`) are not
 //! kernels of ours: cuBLAS on a GPU, a CPU GEMM in the emulator.
 
 use crate::kernels::{self, ArgKind, KernelSig};
@@ -192,7 +192,7 @@ impl ArgPack {
 
 /// A Hugging Face `Linear` on the device: `out[m, n] = x[m, k] · w[n, k]ᵀ`, row-major,
 /// x and w bf16, f32 accumulation; `out` is f32 when `out_f32`, else bf16 (rounded
-/// once, to nearest even).
+/// once, to nearest even). The forward's special case of [`GemmEx`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GemmArgs {
     pub out: DevicePtr,
@@ -202,6 +202,61 @@ pub struct GemmArgs {
     pub m: usize,
     pub n: usize,
     pub k: usize,
+}
+
+/// The general GEMM of the backend, row-major:
+///
+/// ```text
+///     out[m, n] (= or +=) op(x)[m, k] · op(w)[k, n]
+/// ```
+///
+/// `op(x)` is `x` stored `[m, k]`, or `xᵀ` with `x` stored `[k, m]` when `trans_x`;
+/// `op(w)` is `w` stored `[k, n]`, or `wᵀ` with `w` stored `[n, k]` when `trans_w`
+/// (the HF Linear weight). x and w are bf16; the products are accumulated in f32;
+/// `out` is f32 when `out_f32`, else bf16. With `accumulate` the old `out` is added
+/// (beta = 1: `out = x·w + out`, rounded once for a bf16 `out`), else overwritten.
+///
+/// The three GEMMs of a Linear layer `y[m, n] = x[m, k] · w[n, k]ᵀ`:
+/// - forward: `GemmEx::linear` (trans_w);
+/// - input gradient `dx[m, k] = dy[m, n] · w[n, k]`: x = dy, w = w, no transposes,
+///   dims (m, k, n);
+/// - weight gradient `dw[n, k] += dy[m, n]ᵀ · x[m, k]`: x = dy with `trans_x`, w = x,
+///   dims (n, k, m), `accumulate` into an f32 `dw`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmEx {
+    pub out: DevicePtr,
+    pub out_f32: bool,
+    pub x: DevicePtr,
+    pub w: DevicePtr,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_x: bool,
+    pub trans_w: bool,
+    pub accumulate: bool,
+}
+
+impl GemmEx {
+    /// The HF Linear forward `out[m, n] = x[m, k] · w[n, k]ᵀ` (= [`GemmArgs`]).
+    pub fn linear(g: &GemmArgs) -> Self {
+        GemmEx {
+            out: g.out,
+            out_f32: g.out_f32,
+            x: g.x,
+            w: g.w,
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            trans_x: false,
+            trans_w: true,
+            accumulate: false,
+        }
+    }
+
+    /// Elements of x, w and out the dims imply.
+    pub fn lens(&self) -> (usize, usize, usize) {
+        (self.m * self.k, self.k * self.n, self.m * self.n)
+    }
 }
 
 /// Allocation, copies, kernel launches and GEMMs on one device. Launches are ordered; a
@@ -218,8 +273,12 @@ pub trait Device: Send + Sync {
     fn zero(&self, p: DevicePtr, bytes: usize) -> Result<()>;
     /// Copy `bytes` bytes from `src` to `dst` (device to device, not overlapping).
     fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()>;
-    /// See `GemmArgs`. cuBLAS on a GPU, a CPU GEMM in the emulator.
-    fn gemm(&self, g: &GemmArgs) -> Result<()>;
+    /// See `GemmArgs` (the HF Linear forward, `gemm_ex` with `GemmEx::linear`).
+    fn gemm(&self, g: &GemmArgs) -> Result<()> {
+        self.gemm_ex(&GemmEx::linear(g))
+    }
+    /// See `GemmEx`. cuBLAS on a GPU, a CPU GEMM in the emulator.
+    fn gemm_ex(&self, g: &GemmEx) -> Result<()>;
 }
 
 /// A new allocation holding `data`.

@@ -13,7 +13,7 @@
 //! the emulator's error (a barrier that can never complete, a warp collective
 //! without its lanes, a misaligned ldmatrix, ...) as a one-line `Error`.
 
-use super::device::{check_args, ArgPack, Device, DevicePtr, GemmArgs, KernelArg, LaunchConfig};
+use super::device::{check_args, ArgPack, Device, DevicePtr, GemmEx, KernelArg, LaunchConfig};
 use crate::{Error, Result};
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::BTreeMap;
@@ -301,21 +301,38 @@ impl Device for EmuDevice {
         Ok(())
     }
 
-    /// f32 GEMM (matrixmultiply) on the bf16 inputs widened to f32.
-    fn gemm(&self, g: &GemmArgs) -> Result<()> {
+    /// f32 GEMM (matrixmultiply) on the bf16 inputs widened to f32; with
+    /// `accumulate` the old `out` (widened) is the beta = 1 term, and a bf16 `out` is
+    /// rounded once at the end, as cuBLAS does.
+    fn gemm_ex(&self, g: &GemmEx) -> Result<()> {
         let (m, n, k) = (g.m, g.n, g.k);
-        let widen = |p: DevicePtr, len: usize, what: &str| -> Result<Vec<f32>> {
-            let mut raw = vec![half::bf16::ZERO; len];
-            self.download(p, bytemuck::cast_slice_mut(&mut raw))
-                .map_err(|e| Error::invalid(format!("gemm {what}: {e}")))?;
-            Ok(raw.iter().map(|v| v.to_f32()).collect())
+        let (x_len, w_len, out_len) = g.lens();
+        let widen = |p: DevicePtr, len: usize, f32_elems: bool, what: &str| -> Result<Vec<f32>> {
+            let r = if f32_elems {
+                let mut v = vec![0f32; len];
+                self.download(p, bytemuck::cast_slice_mut(&mut v))
+                    .map(|_| v)
+            } else {
+                let mut raw = vec![half::bf16::ZERO; len];
+                self.download(p, bytemuck::cast_slice_mut(&mut raw))
+                    .map(|_| raw.iter().map(|v| v.to_f32()).collect())
+            };
+            r.map_err(|e| Error::invalid(format!("gemm {what}: {e}")))
         };
-        let x = widen(g.x, m * k, "x")?;
-        let w = widen(g.w, n * k, "w")?;
-        let mut out = vec![0f32; m * n];
+        let x = widen(g.x, x_len, false, "x")?;
+        let w = widen(g.w, w_len, false, "w")?;
+        let (mut out, beta) = if g.accumulate {
+            (widen(g.out, out_len, g.out_f32, "out")?, 1.0)
+        } else {
+            (vec![0f32; out_len], 0.0)
+        };
+        // Strides of op(x)[i, p] and op(w)[p, j] in their stored layouts.
+        let (rsx, csx) = if g.trans_x { (1, m) } else { (k, 1) };
+        let (rsw, csw) = if g.trans_w { (1, k) } else { (n, 1) };
         if m > 0 && n > 0 && k > 0 {
-            // SAFETY: x is [m, k] and w [n, k], row-major (read as wᵀ [k, n] through its
-            // strides), out [m, n]; all three are live Vecs of exactly those sizes.
+            // SAFETY: x holds m * k elements, stored [m, k] (or [k, m] when trans_x),
+            // read as op(x) [m, k] through the strides above; likewise w (k * n) as
+            // op(w) [k, n]; out is [m, n] row-major. All are live Vecs of those sizes.
             unsafe {
                 matrixmultiply::sgemm(
                     m,
@@ -323,12 +340,12 @@ impl Device for EmuDevice {
                     n,
                     1.0,
                     x.as_ptr(),
-                    k as isize,
-                    1,
+                    rsx as isize,
+                    csx as isize,
                     w.as_ptr(),
-                    1,
-                    k as isize,
-                    0.0,
+                    rsw as isize,
+                    csw as isize,
+                    beta,
                     out.as_mut_ptr(),
                     n as isize,
                     1,

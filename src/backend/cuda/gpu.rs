@@ -13,7 +13,7 @@ mod blas;
 
 pub use blas::{Dtype, Gemm};
 
-use super::device::{check_args, Device, DevicePtr, GemmArgs, KernelArg, LaunchConfig};
+use super::device::{check_args, Device, DevicePtr, GemmEx, KernelArg, LaunchConfig};
 use super::nvrtc::{self, Arch, Options};
 use crate::kernels;
 use crate::{Error, Result};
@@ -376,9 +376,19 @@ impl Device for GpuDevice {
             .map_err(driver_err("device copy"))
     }
 
-    fn gemm(&self, g: &GemmArgs) -> Result<()> {
-        let out = if g.out_f32 { Dtype::F32 } else { Dtype::BF16 };
-        self.gemm_ex(&Gemm::linear(g.m, g.n, g.k, out), g.out, g.x, g.w)
+    fn gemm_ex(&self, g: &GemmEx) -> Result<()> {
+        let spec = Gemm {
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            trans_a: g.trans_x,
+            trans_b: g.trans_w,
+            ab: Dtype::BF16,
+            c: if g.out_f32 { Dtype::F32 } else { Dtype::BF16 },
+            alpha: 1.0,
+            beta: if g.accumulate { 1.0 } else { 0.0 },
+        };
+        self.cublas_gemm(&spec, g.out, g.x, g.w)
     }
 
     fn synchronize(&self) -> Result<()> {

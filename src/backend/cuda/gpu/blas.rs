@@ -133,7 +133,7 @@ impl GpuDevice {
     }
 
     /// `c = alpha · op(a) · op(b) + beta · c` (see [`Gemm`]), queued on the stream.
-    pub fn gemm_ex(&self, g: &Gemm, c: DevicePtr, a: DevicePtr, b: DevicePtr) -> Result<()> {
+    pub fn cublas_gemm(&self, g: &Gemm, c: DevicePtr, a: DevicePtr, b: DevicePtr) -> Result<()> {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
@@ -209,7 +209,7 @@ impl GpuDevice {
         n: usize,
         k: usize,
     ) -> Result<()> {
-        self.gemm_ex(&Gemm::linear(m, n, k, Dtype::BF16), out, x, w)
+        self.cublas_gemm(&Gemm::linear(m, n, k, Dtype::BF16), out, x, w)
     }
 
     /// HF Linear, f32 out: `out[m,n] (+)= x[m,k] · w[n,k]ᵀ` with bf16 x and w; adds to
@@ -229,7 +229,7 @@ impl GpuDevice {
             beta: if accumulate { 1.0 } else { 0.0 },
             ..Gemm::linear(m, n, k, Dtype::F32)
         };
-        self.gemm_ex(&g, out, x, w)
+        self.cublas_gemm(&g, out, x, w)
     }
 }
 
