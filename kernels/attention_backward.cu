@@ -43,7 +43,8 @@ struct AttnBwdTile {
     static constexpr int QC = DT <= 64 ? 64 : 32;   // dQ: keys per shared-memory tile
     static constexpr int DV = DT <= 128 ? DT : 128; // output dims per block (grid z = DT / DV)
     static constexpr int QR = 64;                   // dQ: query rows per block (4 warps x 16)
-    // Dynamic shared memory. dK/dV: K, V tiles, Q, dO tiles, lse and D of the query rows.
+    // Dynamic shared memory (the launcher computes the same: attention_plan::backward_smem).
+    // dK/dV: K, V tiles, Q, dO tiles, lse and D of the query rows.
     static constexpr int DKDV_SMEM = (2 * BC + 2 * BR) * LD * 2 + 2 * BR * 4;
     // dQ: K, V tiles, the block's Q and dO rows.
     static constexpr int DQ_SMEM = (2 * QC + 2 * QR) * LD * 2;
