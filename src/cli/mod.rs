@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// RL post-training of the selected layers (no arguments: the built-in demo).
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Accuracy (pass@1, pass@k) of a model or a run's trained layers on a task.
     Eval(eval::Args),
     /// An HF model directory with a run's trained layers merged in.
@@ -58,7 +58,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => export::run(a),
         Command::Score(a) => score::run(a),

@@ -214,12 +214,12 @@ struct RlJob {
     resume: bool,
 }
 
+/// A model, its codec, and its directory (None for the demo model).
+pub type Built<B> = (Model<B>, Box<dyn TextCodec>, Option<PathBuf>);
+
 /// The model and codec a run's settings name: `--model` loaded from disk, or the
 /// built-in demo model (seeded, so the same settings give the same weights).
-pub fn build_model<B: Backend>(
-    s: &RunSettings,
-    backend: B,
-) -> Result<(Model<B>, Box<dyn TextCodec>, Option<PathBuf>)> {
+pub fn build_model<B: Backend>(s: &RunSettings, backend: B) -> Result<Built<B>> {
     let kind = TaskKind::parse(s.task.as_deref().unwrap_or("arith"))?;
     match &s.model {
         None => {

@@ -358,7 +358,10 @@ pub fn run_rl<B: Backend>(
 
 /// The curves already in `metrics.jsonl` up to step `upto` (resume); lines after
 /// it are dropped from the file.
-fn read_curves(path: &Path, upto: usize) -> Result<(Vec<(usize, f64)>, Vec<(usize, f64)>)> {
+/// (step, value) points of a chart.
+type Curve = Vec<(usize, f64)>;
+
+fn read_curves(path: &Path, upto: usize) -> Result<(Curve, Curve)> {
     let (mut train, mut eval) = (Vec::new(), Vec::new());
     if !path.exists() {
         return Ok((train, eval));

@@ -112,10 +112,10 @@ impl RunSettings {
     /// The defaults: the demo's when no model is given, else those of DESIGN
     /// section 5 (verl's actor defaults).
     pub fn defaults(demo: bool) -> Self {
-        let s = RunSettings {
+        RunSettings {
             device: Some("auto".into()),
             task: Some(if demo { "arith" } else { "gsm8k" }.into()),
-            steps: Some(if demo { 200 } else { 200 }),
+            steps: Some(200),
             prompts_per_step: Some(if demo { 16 } else { 8 }),
             group_size: Some(8),
             max_new_tokens: Some(if demo { 1 } else { 512 }),
@@ -144,8 +144,7 @@ impl RunSettings {
             arith_digits: Some(1),
             arith_ops: Some(if demo { "-" } else { "+-" }.into()),
             ..RunSettings::default()
-        };
-        s
+        }
     }
 
     pub fn from_toml_file(path: &Path) -> Result<Self> {

@@ -256,7 +256,7 @@ pub fn backward<B: Backend>(
     let mut dx = be.zeros(t * h)?;
     be.rmsnorm_backward(
         &mut dx,
-        grads.as_deref_mut().map(|g| &mut g.input_norm),
+        grads.map(|g| &mut g.input_norm),
         &dh1,
         x,
         &w.input_norm,

@@ -21,4 +21,4 @@ pub use config::{Optimizer, TrainConfig};
 pub use layers::TrainLayers;
 pub use plan::{MemoryPlan, PlanInput};
 pub use rollout::{read_rollouts, Rollout};
-pub use trainer::{StepStats, TrainedLayer, Trainer};
+pub use trainer::{NamedGrads, NamedTensor, StepStats, TrainedLayer, Trainer};

@@ -18,6 +18,12 @@ use crate::backend::{cpu::loss::kl_term, stat, Backend};
 use crate::model::{layer_param_specs, LayerWeights, Model};
 use crate::{Error, Result};
 
+/// A named host tensor: (HF name, shape, values).
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Gradients by HF name.
+pub type NamedGrads = Vec<(String, Vec<f32>)>;
+
 /// Training state of one trained layer: master weights, gradients, optimizer state.
 pub struct TrainedLayer<B: Backend> {
     pub layer: usize,
@@ -165,10 +171,7 @@ impl<B: Backend> Trainer<B> {
 
     /// The loss of all `rollouts` as one mini-batch and the gradient of every trained
     /// parameter (HF names), without updating anything.
-    pub fn loss_and_grads(
-        &mut self,
-        rollouts: &[Rollout],
-    ) -> Result<(StepStats, Vec<(String, Vec<f32>)>)> {
+    pub fn loss_and_grads(&mut self, rollouts: &[Rollout]) -> Result<(StepStats, NamedGrads)> {
         let saved = self.cfg.mini_batch.take();
         let prepared = self.prepare(rollouts);
         self.cfg.mini_batch = saved;
@@ -195,7 +198,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// The trained parameters (f32 master copies) under their HF names, with shapes.
-    pub fn trained_params(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn trained_params(&self) -> Result<Vec<NamedTensor>> {
         let be = &self.model.backend;
         let mut out = Vec::new();
         for tl in &self.trained {
@@ -210,7 +213,7 @@ impl<B: Backend> Trainer<B> {
     /// Everything a checkpoint needs besides the update count: the trained
     /// parameters under their HF names and, for AdamW, `optimizer.m.<name>` and
     /// `optimizer.v.<name>`.
-    pub fn state(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn state(&self) -> Result<Vec<NamedTensor>> {
         let be = &self.model.backend;
         let mut out = self.trained_params()?;
         for tl in &self.trained {

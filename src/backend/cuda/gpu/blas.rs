@@ -30,6 +30,9 @@
 //! `dx[m,k] = dy[m,n] · w[n,k]` is `Gemm { trans_b: false, .. }` with (m, n, k) =
 //! (m, k, n); the weight gradient `dw[n,k] = dy[m,n]ᵀ · x[m,k]` is
 //! `Gemm { trans_a: true, .. }` with (m, n, k) = (n, k, m).
+//!
+//! The device-level `GemmEx` (`Device::gemm_ex`, shared with the emulator) is this
+//! `Gemm` with a = x, b = w, bf16 operands and beta 0 or 1 (`accumulate`).
 
 use super::GpuDevice;
 use crate::backend::cuda::device::Device;
