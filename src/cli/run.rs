@@ -16,7 +16,7 @@ use onelayer::config::{builtin, Family};
 use onelayer::generation_config::stop_token_ids;
 use onelayer::model::Model;
 use onelayer::resolve::resolve_model;
-use onelayer::rl::run::{run_rl, train_config, INTERRUPTED};
+use onelayer::rl::run::{finite, run_rl, train_config, INTERRUPTED};
 use onelayer::rl::{CharCodec, ChatCodec, RunSettings, TextCodec};
 use onelayer::tasks::{arith, TaskKind};
 use onelayer::train::{read_rollouts, Rollout, StepStats, TrainLayers, Trainer};
@@ -366,11 +366,7 @@ fn from_rollouts(s: &RunSettings, path: &Path, out: Option<&Path>) -> Result<()>
     if steps == 0 {
         return Err(Error::invalid("--steps must be at least 1"));
     }
-    let mut s = s.clone();
-    if s.max_new_tokens.is_none() {
-        s.max_new_tokens = Some(1024);
-    }
-    let cfg = train_config(&s)?;
+    let cfg = train_config(s)?;
     let rollouts = read_rollouts(path)?;
     std::fs::create_dir_all(&out).map_err(|e| Error::file(&out, e))?;
     let dir = resolve_model(&model)?;
@@ -449,13 +445,4 @@ fn metrics_line(step: usize, s: &StepStats, secs: f64, layers: &TrainLayers) -> 
         "skipped_updates": s.skipped,
         "step_seconds": secs,
     })
-}
-
-/// JSON has no NaN: non-finite values are written as null.
-fn finite(v: f64) -> serde_json::Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        serde_json::Value::Null
-    }
 }

@@ -390,7 +390,8 @@ fn read_curves(path: &Path, upto: usize) -> Result<(Curve, Curve)> {
     Ok((train, eval))
 }
 
-fn finite(v: f64) -> serde_json::Value {
+/// JSON has no NaN: non-finite values are written as null.
+pub fn finite(v: f64) -> serde_json::Value {
     if v.is_finite() {
         json!(v)
     } else {
