@@ -26,6 +26,7 @@ fn rollouts() -> Vec<Rollout> {
             reward: i as f64,
             old_logprobs: None,
             ref_logprobs: None,
+            advantage: None,
         })
         .collect()
 }

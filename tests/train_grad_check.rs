@@ -48,6 +48,7 @@ fn rollouts(vocab: u32, seed: u64) -> Vec<Rollout> {
                 reward: (u() * 3.0).floor() as f64,
                 old_logprobs: Some(old),
                 ref_logprobs: Some(rf),
+                advantage: None,
             });
         }
     }

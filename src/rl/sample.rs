@@ -48,6 +48,7 @@ pub fn sample_groups<B: Backend>(
                 reward: r,
                 old_logprobs: None,
                 ref_logprobs: None,
+                advantage: None,
             },
             problem: p,
             text,

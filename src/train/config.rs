@@ -61,7 +61,7 @@ impl TrainConfig {
     /// The aggregation an algorithm uses unless `--loss-agg` overrides it.
     pub fn default_agg(algo: Algo) -> LossAgg {
         match algo {
-            Algo::Grpo => LossAgg::TokenMean,
+            Algo::Grpo | Algo::Gigpo => LossAgg::TokenMean,
             Algo::DrGrpo => LossAgg::SeqMeanTokenSumNorm,
         }
     }

@@ -16,7 +16,9 @@ pub mod rollout;
 pub mod trainer;
 
 pub use adamw::AdamW;
-pub use advantage::{advantages, Algo};
+pub use advantage::{
+    advantages, gigpo_advantages, Algo, EpisodeStep, EpisodeSteps, GigpoConfig, GigpoMode,
+};
 pub use config::{Optimizer, TrainConfig};
 pub use layers::TrainLayers;
 pub use plan::{MemoryPlan, PlanInput};

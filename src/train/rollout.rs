@@ -1,7 +1,9 @@
 //! Rollout files: one JSON object per line,
 //! `{"group": g, "prompt_ids": [...], "completion_ids": [...], "reward": r}` with
-//! optional `"old_logprobs"` and `"ref_logprobs"` (one per completion token). `group`
-//! may be a number or a string; records with the same group are one GRPO group.
+//! optional `"old_logprobs"` and `"ref_logprobs"` (one per completion token) and an
+//! optional `"advantage"` (given: used as is, the group's rewards are not
+//! normalised; how GiGPO's per-step advantages reach the trainer). `group` may be a
+//! number or a string; records with the same group are one GRPO group.
 
 use crate::{Error, Result};
 use serde::Deserialize;
@@ -19,6 +21,8 @@ pub struct Rollout {
     pub old_logprobs: Option<Vec<f32>>,
     /// Log-probs under the reference policy (for the KL term).
     pub ref_logprobs: Option<Vec<f32>>,
+    /// The advantage, when computed outside the group statistics (GiGPO).
+    pub advantage: Option<f64>,
 }
 
 impl Rollout {
@@ -43,6 +47,8 @@ struct Line {
     old_logprobs: Option<Vec<f32>>,
     #[serde(default)]
     ref_logprobs: Option<Vec<f32>>,
+    #[serde(default)]
+    advantage: Option<f64>,
 }
 
 /// Parse one line (1-based `line_no` for messages).
@@ -62,6 +68,9 @@ pub fn parse_rollout(text: &str) -> std::result::Result<Rollout, String> {
     }
     if !l.reward.is_finite() {
         return Err(format!("\"reward\" is {}", l.reward));
+    }
+    if let Some(a) = l.advantage.filter(|a| !a.is_finite()) {
+        return Err(format!("\"advantage\" is {a}"));
     }
     for (name, lp) in [
         ("old_logprobs", &l.old_logprobs),
@@ -87,6 +96,7 @@ pub fn parse_rollout(text: &str) -> std::result::Result<Rollout, String> {
         reward: l.reward,
         old_logprobs: l.old_logprobs,
         ref_logprobs: l.ref_logprobs,
+        advantage: l.advantage,
     })
 }
 
