@@ -34,10 +34,10 @@ pub struct Args {
     /// auto | cpu | cuda | cuda:N | emu
     #[arg(long)]
     pub device: Option<String>,
-    /// Layers to train: 18, 17,18, 16-19 or all (default: the middle layer).
+    /// Layers to train: 18, 17,18, 16-19, all, or top-K with --from-sweep (default: the middle layer).
     #[arg(long)]
     pub train_layer: Option<String>,
-    /// gsm8k | math | code | arith
+    /// gsm8k | math | code | arith | guess (a multi-turn environment)
     #[arg(long)]
     pub task: Option<String>,
     /// Training problems (JSONL) for gsm8k, math, code.
@@ -74,7 +74,7 @@ pub struct Args {
     pub top_k: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// grpo | dr-grpo
+    /// grpo | dr-grpo | gigpo
     #[arg(long)]
     pub algo: Option<String>,
     /// token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (default: the algorithm's).
@@ -128,6 +128,28 @@ pub struct Args {
     pub arith_digits: Option<u32>,
     #[arg(long)]
     pub arith_ops: Option<String>,
+    /// External multi-turn environment: a command speaking JSON lines on stdio
+    /// (see examples/envs/README.md).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Turns per episode of a multi-turn environment.
+    #[arg(long)]
+    pub max_turns: Option<usize>,
+    /// GiGPO weight w of the step-level advantage.
+    #[arg(long)]
+    pub gigpo_step_weight: Option<f64>,
+    /// GiGPO discount of step returns.
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// GiGPO normalisation: mean_norm | mean_std_norm
+    #[arg(long)]
+    pub gigpo_mode: Option<String>,
+    /// sweep.json whose contributions pick the layers of --train-layer top-K.
+    #[arg(long)]
+    pub from_sweep: Option<PathBuf>,
+    /// Scale each trained layer's learning rate by its contribution (with --from-sweep).
+    #[arg(long)]
+    pub lr_by_contribution: bool,
 }
 
 impl Args {
@@ -169,6 +191,13 @@ impl Args {
             thinking: self.thinking.then_some(true),
             arith_digits: self.arith_digits,
             arith_ops: self.arith_ops.clone(),
+            env: self.env.clone(),
+            max_turns: self.max_turns,
+            gigpo_step_weight: self.gigpo_step_weight,
+            gamma: self.gamma,
+            gigpo_mode: self.gigpo_mode.clone(),
+            from_sweep: self.from_sweep.clone(),
+            lr_by_contribution: self.lr_by_contribution.then_some(true),
         }
     }
 }

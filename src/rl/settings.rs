@@ -55,6 +55,21 @@ pub struct RunSettings {
     pub arith_digits: Option<u32>,
     /// Operators of the arith task (a subset of "+-").
     pub arith_ops: Option<String>,
+    /// An external multi-turn environment: the command line of a child process
+    /// speaking the JSON-lines protocol of `crate::env::external`.
+    pub env: Option<String>,
+    /// Turns per episode of a multi-turn environment.
+    pub max_turns: Option<usize>,
+    /// GiGPO: `A = A_episode + w * A_step`, this is w.
+    pub gigpo_step_weight: Option<f64>,
+    /// GiGPO: discount of the step returns.
+    pub gamma: Option<f64>,
+    /// GiGPO: mean_norm | mean_std_norm.
+    pub gigpo_mode: Option<String>,
+    /// `--train-layer top-K` picks the K highest-contribution layers of this sweep.json.
+    pub from_sweep: Option<PathBuf>,
+    /// Scale each trained layer's learning rate by its contribution (needs from_sweep).
+    pub lr_by_contribution: Option<bool>,
 }
 
 macro_rules! overlay {
@@ -104,7 +119,14 @@ impl RunSettings {
             max_bad_steps,
             thinking,
             arith_digits,
-            arith_ops
+            arith_ops,
+            env,
+            max_turns,
+            gigpo_step_weight,
+            gamma,
+            gigpo_mode,
+            from_sweep,
+            lr_by_contribution
         );
         self
     }
@@ -143,6 +165,11 @@ impl RunSettings {
             thinking: Some(false),
             arith_digits: Some(1),
             arith_ops: Some(if demo { "-" } else { "+-" }.into()),
+            max_turns: Some(4),
+            gigpo_step_weight: Some(1.0),
+            gamma: Some(0.95),
+            gigpo_mode: Some("mean_norm".into()),
+            lr_by_contribution: Some(false),
             ..RunSettings::default()
         }
     }
