@@ -9,6 +9,7 @@ pub mod backend;
 pub mod chat;
 pub mod config;
 pub mod device;
+pub mod env;
 pub mod error;
 pub mod generate;
 pub mod generation_config;

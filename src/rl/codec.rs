@@ -2,7 +2,7 @@
 //! chat template (a prompt becomes one user turn plus the generation prompt, as verl
 //! and TRL build it), or the character codec of the built-in tiny demo model.
 
-use crate::chat::ChatTemplate;
+use crate::chat::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -13,6 +13,10 @@ pub trait TextCodec: Send + Sync {
     fn decode(&self, ids: &[u32]) -> Result<String>;
     /// Generation stops after any of these.
     fn stop_ids(&self) -> &[u32];
+    /// The token ids of a multi-turn dialogue: `turns` alternate an environment's
+    /// observation and the model's action, first and last an observation; the
+    /// model is to produce the next action.
+    fn dialogue_ids(&self, turns: &[String]) -> Result<Vec<u32>>;
 }
 
 /// A HF tokenizer with a chat template.
@@ -38,6 +42,29 @@ impl TextCodec for ChatCodec {
 
     fn stop_ids(&self) -> &[u32] {
         &self.stop
+    }
+
+    /// Observations are user turns, actions assistant turns (as verl-agent builds
+    /// its multi-turn prompts); without a template the turns are concatenated.
+    fn dialogue_ids(&self, turns: &[String]) -> Result<Vec<u32>> {
+        let text = match &self.template {
+            Some(t) => {
+                let messages: Vec<Message> = turns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| {
+                        if i % 2 == 0 {
+                            Message::user(x.as_str())
+                        } else {
+                            Message::assistant(x.trim_end())
+                        }
+                    })
+                    .collect();
+                t.render(&messages, true, self.enable_thinking)?
+            }
+            None => turns.concat(),
+        };
+        self.tokenizer.encode(&text)
     }
 }
 
@@ -98,6 +125,11 @@ impl TextCodec for CharCodec {
     fn stop_ids(&self) -> &[u32] {
         &self.stop
     }
+
+    /// The turns concatenated.
+    fn dialogue_ids(&self, turns: &[String]) -> Result<Vec<u32>> {
+        self.encode(&turns.concat())
+    }
 }
 
 #[cfg(test)]
@@ -113,5 +145,7 @@ mod tests {
         assert_eq!(c.stop_ids(), &[14]);
         assert!(c.encode("x").is_err());
         assert_eq!(c.vocab(), 15);
+        let turns = [" ".to_string(), "5".into(), "+".into()];
+        assert_eq!(c.dialogue_ids(&turns).unwrap(), c.encode(" 5+").unwrap());
     }
 }

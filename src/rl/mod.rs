@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod codec;
+pub mod episodes;
 pub mod eval;
 pub mod plot;
 pub mod run;
