@@ -249,12 +249,17 @@ pub type Built<B> = (Model<B>, Box<dyn TextCodec>, Option<PathBuf>);
 /// The model and codec a run's settings name: `--model` loaded from disk, or the
 /// built-in demo model (seeded, so the same settings give the same weights).
 pub fn build_model<B: Backend>(s: &RunSettings, backend: B) -> Result<Built<B>> {
-    let kind = TaskKind::parse(s.task.as_deref().unwrap_or("arith"))?;
+    let multi_turn = onelayer::env::is_env_task(s.task.as_deref(), s.env.as_deref());
+    let kind = if multi_turn {
+        None
+    } else {
+        Some(TaskKind::parse(s.task.as_deref().unwrap_or("arith"))?)
+    };
     match &s.model {
         None => {
-            if kind != TaskKind::Arith {
+            if let Some(kind) = kind.filter(|&k| k != TaskKind::Arith) {
                 return Err(Error::invalid(format!(
-                    "--task {kind}: the built-in demo model only speaks the arith task; give --model"
+                    "--task {kind}: the built-in demo model only speaks the arith task and the guess environment; give --model"
                 )));
             }
             let codec = CharCodec::new(arith::ALPHABET, arith::END);
@@ -269,7 +274,7 @@ pub fn build_model<B: Backend>(s: &RunSettings, backend: B) -> Result<Built<B>> 
             let model = Model::load(&dir, backend)?;
             let tokenizer = load_tokenizer(&dir)?;
             let mut stop = stop_token_ids(&dir, &model.cfg.eos_token_ids)?;
-            let template = kind.uses_chat_template().then(|| {
+            let template = kind.is_none_or(|k| k.uses_chat_template()).then(|| {
                 let t = match model.cfg.family {
                     Family::Qwen3 => "qwen3",
                     Family::Qwen2 => "qwen2",
@@ -336,8 +341,13 @@ impl BackendJob for RlJob {
         let s = &self.settings;
         let (model, codec, _) = build_model(s, backend)?;
         if s.model.is_none() {
+            let task = match (&s.env, s.task.as_deref()) {
+                (Some(cmd), _) => format!("the environment '{cmd}'"),
+                (None, Some("guess")) => "the guess environment".into(),
+                (None, t) => format!("the {} task", t.unwrap_or("arith")),
+            };
             eprintln!(
-                "demo: the built-in tiny Qwen3-architecture model ({} layers, random weights, character vocabulary) on the arith task",
+                "demo: the built-in tiny Qwen3-architecture model ({} layers, random weights, character vocabulary) on {task}",
                 model.cfg.num_hidden_layers
             );
         }

@@ -105,7 +105,9 @@ impl ExternalEnv {
 
     /// Send a request and parse its reply.
     fn call(&mut self, request: serde_json::Value) -> Result<Reply> {
-        self.send(&request)?;
+        // A child that already exited may still have left its reply (or a line
+        // that explains the exit) on stdout: read before reporting the write.
+        let sent = self.send(&request);
         let op = request["op"].as_str().unwrap_or("?").to_string();
         let line = match self.replies.recv_timeout(REPLY_TIMEOUT) {
             Ok(Ok(line)) => line,
@@ -114,6 +116,7 @@ impl ExternalEnv {
                 return Err(self.fail(format!("no reply to {op} in {} s", REPLY_TIMEOUT.as_secs())))
             }
             Err(RecvTimeoutError::Disconnected) => {
+                sent?;
                 std::thread::sleep(Duration::from_millis(50));
                 let status = self.exit_status();
                 return Err(self.fail(format!("exited before replying to {op} ({status})")));

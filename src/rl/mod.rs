@@ -9,6 +9,7 @@ pub mod plot;
 pub mod run;
 pub mod sample;
 pub mod settings;
+pub mod work;
 
 pub use codec::{CharCodec, ChatCodec, TextCodec};
 pub use run::{run_rl, RunSummary};

@@ -2,6 +2,8 @@
 //! (a seeded permutation per pass over the data), generates `group_size`
 //! completions each, rewards them, and hands the rollouts to the `Trainer` (old
 //! log-probs and the frozen prefix computed once, `ppo_epochs` x mini-batches).
+//! With a multi-turn environment a step plays `group_size` episodes of
+//! `prompts_per_step` tasks instead (`work.rs`, `episodes.rs`), one rollout per turn.
 //! Every `eval_every` steps the held-out set is evaluated; every `save_every` steps
 //! and at the end a checkpoint is written. `OUT/metrics.jsonl` gets one line a step,
 //! `OUT/reward.svg` is redrawn, `OUT/config.toml` holds the resolved settings.
@@ -12,17 +14,17 @@
 
 use super::checkpoint;
 use super::codec::TextCodec;
-use super::eval::{evaluate, EvalResult};
+use super::eval::EvalResult;
 use super::plot::reward_svg;
-use super::sample::sample_groups;
 use super::settings::RunSettings;
+use super::work::Work;
 use crate::backend::cpu::loss::LossAgg;
 use crate::backend::{Backend, LossConfig};
 use crate::generate::GenerateParams;
 use crate::model::Model;
 use crate::sampling::{mix64, SamplingParams};
 use crate::tasks::arith::ArithOptions;
-use crate::tasks::{self, Problem, Rewarder, TaskKind};
+use crate::tasks::{self, Problem, TaskKind};
 use crate::train::config::{parse_kl_type, parse_loss_agg};
 use crate::train::{AdamW, Algo, Optimizer, TrainConfig, TrainLayers, Trainer};
 use crate::{Error, Result};
@@ -153,8 +155,9 @@ pub fn run_rl<B: Backend>(
     resume: bool,
 ) -> Result<RunSummary> {
     let s = settings;
-    let (kind, problems, eval_problems) = load_problems(s)?;
+    let mut work = Work::open(s, codec, s.model.is_none())?;
     let train_cfg = train_config(s)?;
+    let algo = train_cfg.algo;
     let steps = positive("steps", s.steps)?;
     let per_step = positive("prompts-per-step", s.prompts_per_step)?;
     let group = positive("group-size", s.group_size)?;
@@ -208,23 +211,18 @@ pub fn run_rl<B: Backend>(
     let mut bad_run = 0;
     let run_start = Instant::now();
     let eval_every = s.eval_every.unwrap_or(0);
-    if start == 0 && !eval_problems.is_empty() && eval_every > 0 {
+    let progress = progress_bar(steps, start);
+    if start == 0 && work.has_eval() && eval_every > 0 {
         // The base model, so the chart and the log start from it.
-        let r = evaluate(
-            trainer.model(),
-            codec,
-            kind,
-            &rewarder,
-            &eval_problems,
-            1,
-            max_new,
-            sampling,
-            seed,
-        )?;
-        eprintln!(
-            "[   0/{steps}] eval {:.3} (the model before training)",
-            r.accuracy
-        );
+        let r = work
+            .evaluate(trainer.model(), codec, max_new, sampling, seed, 0)?
+            .expect("has_eval");
+        progress.suspend(|| {
+            eprintln!(
+                "[   0/{steps}] eval {:.3} (the model before training)",
+                r.accuracy
+            )
+        });
         writeln!(
             metrics,
             "{}",
@@ -236,41 +234,40 @@ pub fn run_rl<B: Backend>(
     }
     for step in start + 1..=steps {
         let t0 = Instant::now();
-        let idx = step_problems(problems.len(), per_step, seed, step);
-        let step_prompts: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].clone()).collect();
         let gen = GenerateParams {
             max_new_tokens: max_new,
             sampling,
             seed: mix64(seed ^ mix64(step as u64)),
             stop_ids: codec.stop_ids().to_vec(),
         };
-        let samples = sample_groups(
+        let batch = work.sample(
             trainer.model(),
             codec,
-            &step_prompts,
+            step,
+            per_step,
             group,
+            seed,
             &gen,
-            &format!("s{step}"),
-            |p, text| rewarder.reward(kind, &problems[idx[p]], text),
+            algo,
         )?;
         let gen_secs = t0.elapsed().as_secs_f64();
-        let rollouts: Vec<_> = samples.iter().map(|x| x.rollout.clone()).collect();
+        let rollouts = &batch.rollouts;
         let t1 = Instant::now();
-        let stats = trainer.step(&rollouts)?;
+        let stats = trainer.step(rollouts)?;
         trainer.model().backend.synchronize()?;
         let train_secs = t1.elapsed().as_secs_f64();
         if stats.updates == 0 {
             bad_run += 1;
-            eprintln!("step {step}: loss or gradient not finite, update skipped");
+            progress
+                .suspend(|| eprintln!("step {step}: loss or gradient not finite, update skipped"));
         } else {
             bad_run = 0;
         }
-        let gen_tokens: usize = rollouts.iter().map(|r| r.completion_ids.len()).sum();
-        let correct = samples.iter().filter(|x| x.rollout.reward >= 1.0).count();
+        let gen_tokens = batch.gen_tokens;
         let mut line = json!({
             "step": step,
-            "reward_mean": stats.reward_mean,
-            "accuracy": correct as f64 / samples.len() as f64,
+            "reward_mean": batch.reward_mean,
+            "accuracy": batch.accuracy,
             "loss": finite(stats.loss),
             "grad_norm": finite(stats.grad_norm),
             "clip_frac": stats.clip_frac,
@@ -288,26 +285,21 @@ pub fn run_rl<B: Backend>(
             "lr": trainer.config().optimizer.lr(),
             "elapsed_seconds": run_start.elapsed().as_secs_f64(),
         });
-        if !eval_problems.is_empty() && eval_every > 0 && (step % eval_every == 0 || step == steps)
-        {
-            let r = evaluate(
-                trainer.model(),
-                codec,
-                kind,
-                &rewarder,
-                &eval_problems,
-                1,
-                max_new,
-                sampling,
-                seed,
-            )?;
+        if let Some(t) = batch.turns_mean {
+            line["turns_mean"] = json!(t);
+            line["samples"] = json!(rollouts.len());
+        }
+        if work.has_eval() && eval_every > 0 && (step % eval_every == 0 || step == steps) {
+            let r = work
+                .evaluate(trainer.model(), codec, max_new, sampling, seed, step)?
+                .expect("has_eval");
             line["eval_accuracy"] = json!(r.accuracy);
             eval_curve.push((step, r.accuracy));
             summary.evals.push((step, r));
         }
         writeln!(metrics, "{line}").map_err(|e| Error::file(&metrics_path, e))?;
-        train_curve.push((step, stats.reward_mean));
-        summary.rewards.push((step, stats.reward_mean));
+        train_curve.push((step, batch.reward_mean));
+        summary.rewards.push((step, batch.reward_mean));
         summary.steps_done = step;
         let svg_path = out.join("reward.svg");
         std::fs::write(
@@ -315,32 +307,44 @@ pub fn run_rl<B: Backend>(
             reward_svg(
                 &train_curve,
                 &eval_curve,
-                &format!("{} — {}", kind, out.display()),
+                &format!("{} — {}", work.title(), out.display()),
             ),
         )
         .map_err(|e| Error::file(&svg_path, e))?;
-        eprintln!(
-            "[{step:>4}/{steps}] reward {:.3} acc {:.3}{} loss {:+.4} |g| {:.3} clip {:.3} H {:.3} | rollout {:.0} tok/s, train {:.0} tok/s",
-            stats.reward_mean,
-            correct as f64 / samples.len() as f64,
-            line.get("eval_accuracy").map(|v| format!(" eval {:.3}", v.as_f64().unwrap_or(0.0))).unwrap_or_default(),
+        let eval_note = line
+            .get("eval_accuracy")
+            .map(|v| format!(" eval {:.3}", v.as_f64().unwrap_or(0.0)))
+            .unwrap_or_default();
+        let (rollout_tps, train_tps) = (
+            gen_tokens as f64 / gen_secs.max(1e-9),
+            stats.tokens as f64 / train_secs.max(1e-9),
+        );
+        progress.set_position(step as u64);
+        progress.set_message(format!(
+            "reward {:.3}{eval_note} | rollout {rollout_tps:.0} tok/s, train {train_tps:.0} tok/s",
+            batch.reward_mean
+        ));
+        progress.suspend(|| eprintln!(
+            "[{step:>4}/{steps}] reward {:.3} acc {:.3}{eval_note} loss {:+.4} |g| {:.3} clip {:.3} H {:.3} | rollout {rollout_tps:.0} tok/s, train {train_tps:.0} tok/s",
+            batch.reward_mean,
+            batch.accuracy,
             stats.loss,
             stats.grad_norm,
             stats.clip_frac,
             stats.entropy,
-            gen_tokens as f64 / gen_secs.max(1e-9),
-            stats.tokens as f64 / train_secs.max(1e-9),
-        );
+        ));
         let save_every = s.save_every.unwrap_or(0);
         let interrupted = INTERRUPTED.load(Ordering::SeqCst);
         if (save_every > 0 && step % save_every == 0) || step == steps || interrupted {
             checkpoint::save(out, step, &trainer, s.keep_checkpoints.unwrap_or(3))?;
         }
         if interrupted {
-            eprintln!(
-                "interrupted: checkpoint saved after step {step}; --resume {} continues",
-                out.display()
-            );
+            progress.suspend(|| {
+                eprintln!(
+                    "interrupted: checkpoint saved after step {step}; --resume {} continues",
+                    out.display()
+                )
+            });
             summary.interrupted = true;
             break;
         }
@@ -351,9 +355,24 @@ pub fn run_rl<B: Backend>(
             )));
         }
     }
+    progress.finish_and_clear();
     let params = trainer.trained_params()?;
     crate::weights::write_f32(&out.join("trained.safetensors"), &params)?;
     Ok(summary)
+}
+
+/// A bar on stderr with the step, reward and speeds (drawn only on a terminal; the
+/// per-step lines are printed either way).
+fn progress_bar(steps: usize, start: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("the template is valid"),
+    );
+    bar.set_position(start as u64);
+    bar
 }
 
 /// The curves already in `metrics.jsonl` up to step `upto` (resume); lines after
