@@ -177,3 +177,54 @@ pub fn rollouts(episodes: &[Episode], algo: Algo, gigpo: &GigpoConfig, tag: &str
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn episode(group: usize, rewards: &[f64], anchors: &[&str]) -> Episode {
+        Episode {
+            group,
+            turns: rewards
+                .iter()
+                .zip(anchors)
+                .enumerate()
+                .map(|(t, (&reward, &anchor))| Turn {
+                    prompt_ids: vec![1; t + 1],
+                    completion_ids: vec![2],
+                    action: "x".into(),
+                    anchor: anchor.into(),
+                    reward,
+                })
+                .collect(),
+            done: rewards.last() == Some(&1.0),
+        }
+    }
+
+    #[test]
+    fn one_rollout_per_turn_with_episode_or_step_advantages() {
+        let eps = [
+            episode(0, &[0.0, 1.0], &["", "a"]),
+            episode(0, &[0.0, 0.0, 0.0], &["", "b", "c"]),
+        ];
+        let cfg = GigpoConfig::default();
+        // GRPO: the episode's advantage on each of its turns (returns 1 and 0:
+        // +-0.5 / (std sqrt(1/2) + 1e-6)).
+        let r = rollouts(&eps, Algo::Grpo, &cfg, "s1");
+        assert_eq!(r.len(), 5);
+        let a = 0.5 / (0.5f64.sqrt() + 1e-6);
+        let adv: Vec<f64> = r.iter().map(|x| x.advantage.unwrap()).collect();
+        for (got, want) in adv.iter().zip([a, a, -a, -a, -a]) {
+            assert!((got - want).abs() < 1e-12, "{adv:?}");
+        }
+        assert!(r.iter().all(|x| x.group == "s1-0"));
+        assert_eq!(r[1].prompt_ids.len(), 2);
+        // GiGPO, mean_norm, gamma 0.95: episode level +-0.5; the first turns share
+        // the anchor "" with step returns 0.95 and 0 -> +-0.475; the rest are alone.
+        let r = rollouts(&eps, Algo::Gigpo, &cfg, "s1");
+        let adv: Vec<f64> = r.iter().map(|x| x.advantage.unwrap()).collect();
+        for (got, want) in adv.iter().zip([0.975, 0.5, -0.975, -0.5, -0.5]) {
+            assert!((got - want).abs() < 1e-12, "{adv:?}");
+        }
+    }
+}
