@@ -158,7 +158,8 @@ fn bad_settings_are_one_line_errors() {
 
 /// Train a layer of the bf16 fixture from a rollout file, export, and load back: the
 /// exported directory has every file of the base model, the trained tensors (in
-/// bf16), the others unchanged, and the engine scores it (differently from the base).
+/// bf16), the others unchanged, and the engine scores it as transformers scores the
+/// same export (differently from the base).
 #[test]
 fn export_loads_back() {
     use onelayer::weights::WeightFiles;
@@ -235,13 +236,37 @@ fn export_loads_back() {
                 "--model",
                 m.to_str().unwrap(),
                 "--ids",
-                "5,6,7,8",
+                "5,6,7,8,9,3,2",
             ])
             .output()
             .unwrap();
         assert!(o.status.success());
-        String::from_utf8(o.stdout).unwrap()
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["logprobs"].as_array().unwrap()[1..]
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect::<Vec<f64>>()
     };
-    assert_ne!(score(&out), score(&base));
+    // What transformers' AutoModelForCausalLM computes on this export, loaded
+    // unchanged (`python tools/check_export.py EXPORT --ids 5,6,7,8,9,3,2`, float32).
+    let transformers = [
+        -6.9719122965009115,
+        -9.234089793121559,
+        -0.5903059088579027,
+        -0.2544557406410426,
+        -6.022094682333277,
+        -11.508150468843287,
+    ];
+    let (got, before) = (score(&out), score(&base));
+    for ((g, t), b) in got.iter().zip(transformers).zip(&before) {
+        assert!(
+            (g - t).abs() < 2e-3,
+            "engine {got:?} vs transformers {transformers:?}"
+        );
+        assert!(
+            (b - t).abs() > 0.1,
+            "the export did not change the model: {before:?}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
