@@ -18,6 +18,7 @@ pub mod model;
 pub mod resolve;
 pub mod rl;
 pub mod sampling;
+pub mod sweep;
 pub mod tasks;
 pub mod tokenizer;
 pub mod train;

@@ -9,6 +9,7 @@ mod kernels;
 mod plan;
 mod run;
 mod score;
+mod sweep;
 
 use clap::{Parser, Subcommand};
 use onelayer::backend::cpu::CpuBackend;
@@ -37,6 +38,9 @@ pub struct Cli {
 pub enum Command {
     /// RL post-training of the selected layers (no arguments: the built-in demo).
     Run(Box<run::Args>),
+    /// Contribution of every layer against the full-parameter baseline (runs, report,
+    /// chart); `sweep compare A B` correlates two sweeps' layer rankings.
+    Sweep(Box<sweep::Args>),
     /// Accuracy (pass@1, pass@k) of a model or a run's trained layers on a task.
     Eval(eval::Args),
     /// An HF model directory with a run's trained layers merged in.
@@ -59,6 +63,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(a) => run::run(*a),
+        Command::Sweep(a) => sweep::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => export::run(a),
         Command::Score(a) => score::run(a),

@@ -66,6 +66,7 @@ pub struct Args {
     pub group_size: Option<usize>,
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
+    /// Sampling temperature; training divides the logits by it too, as verl and TRL do.
     #[arg(long)]
     pub temperature: Option<f32>,
     #[arg(long)]
@@ -419,6 +420,7 @@ fn from_rollouts(s: &RunSettings, path: &Path, out: Option<&Path>) -> Result<()>
             layer,
             steps,
             out,
+            temperature: s.temperature.unwrap_or(1.0),
         },
     )
 }
@@ -430,6 +432,8 @@ struct RolloutJob {
     layer: String,
     steps: usize,
     out: PathBuf,
+    /// The temperature the rollouts were sampled at (the logits are divided by it).
+    temperature: f32,
 }
 
 impl BackendJob for RolloutJob {
@@ -437,6 +441,7 @@ impl BackendJob for RolloutJob {
         let model = Model::load(&self.dir, backend)?;
         let layers = TrainLayers::parse(&self.layer, model.cfg.num_hidden_layers)?;
         let mut trainer = Trainer::new(model, &layers, self.cfg)?;
+        trainer.set_temperature(self.temperature)?;
         let metrics_path = self.out.join("metrics.jsonl");
         let mut metrics =
             std::fs::File::create(&metrics_path).map_err(|e| Error::file(&metrics_path, e))?;

@@ -174,17 +174,13 @@ pub fn run_rl<B: Backend>(
         .train_layer
         .clone()
         .unwrap_or_else(|| (n_layers / 2).to_string());
-    let layers = TrainLayers::parse(&layer_spec, n_layers)?;
-    let rewarder = Rewarder::default();
-    let prompts: Vec<Vec<u32>> = problems
-        .iter()
-        .map(|p| codec.prompt_ids(&p.prompt))
-        .collect::<Result<_>>()?;
+    let layers: TrainLayers = crate::sweep::select::train_layers(s, &layer_spec, n_layers)?;
 
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     let cfg_path = out.join("config.toml");
     std::fs::write(&cfg_path, s.to_toml()).map_err(|e| Error::file(&cfg_path, e))?;
     let mut trainer = Trainer::new(model, &layers, train_cfg)?;
+    trainer.set_temperature(sampling.temperature)?;
     let mut start = 0;
     if resume {
         if let Some((step, dir)) = checkpoint::list(out)?.pop() {

@@ -25,6 +25,16 @@ impl Default for AdamW {
 }
 
 impl AdamW {
+    /// This optimizer with the learning rate multiplied by `scale` (a per-layer
+    /// multiplier; `scale` 1 leaves every value bit-identical). The decoupled weight
+    /// decay `lr * weight_decay` scales with it, as for a torch parameter group's lr.
+    pub fn scaled(&self, scale: f32) -> AdamW {
+        AdamW {
+            lr: self.lr * scale,
+            ..*self
+        }
+    }
+
     /// Bias corrections `(1 - beta1^t, 1 - beta2^t)` for step `t` (1-based), computed
     /// in f64 and passed to the kernel so both backends use the same values.
     pub fn bias_corrections(&self, step: u64) -> (f32, f32) {

@@ -10,6 +10,10 @@
 //! only their inputs, the fused LM-head loss, and the backward from the top down to
 //! `lo`, recomputing each layer from its saved input; frozen layers above `lo` get
 //! input gradients only. Nothing is backpropagated below `lo`.
+//!
+//! Each trained layer's optimizer step uses `lr * lr_scale` (its multiplier from
+//! `TrainLayers`, 1 unless `--lr-by-contribution`); with every multiplier 1 the
+//! arithmetic is exactly that of a single learning rate.
 
 use super::layer::{self, PackedIdx};
 use super::pack::Packed;
@@ -30,6 +34,8 @@ pub struct TrainedLayer<B: Backend> {
     pub master: LayerWeights<B>,
     pub grads: LayerWeights<B>,
     pub adam: Option<(LayerWeights<B>, LayerWeights<B>)>,
+    /// Multiplier of the optimizer's learning rate for this layer.
+    pub lr_scale: f32,
 }
 
 /// What a step (or one gradient computation) measured. Means are over the loss
@@ -66,6 +72,8 @@ struct Prepared<B: Backend> {
 
 pub struct Trainer<B: Backend> {
     model: Model<B>,
+    /// The final norm divided by the sampling temperature (`set_temperature`).
+    head_norm: Option<B::Buf>,
     layers: Vec<usize>,
     trained: Vec<TrainedLayer<B>>,
     cfg: TrainConfig,
@@ -74,9 +82,9 @@ pub struct Trainer<B: Backend> {
 }
 
 impl<B: Backend> Trainer<B> {
-    pub fn new(model: Model<B>, layers: &TrainLayers, cfg: TrainConfig) -> Result<Self> {
+    pub fn new(model: Model<B>, train: &TrainLayers, cfg: TrainConfig) -> Result<Self> {
         cfg.validate()?;
-        let layers: Vec<usize> = layers.layers().to_vec();
+        let layers: Vec<usize> = train.layers().to_vec();
         let n = model.cfg.num_hidden_layers;
         if layers.is_empty() || layers.iter().any(|&l| l >= n) {
             return Err(Error::invalid(format!(
@@ -101,10 +109,12 @@ impl<B: Backend> Trainer<B> {
                 master,
                 grads,
                 adam,
+                lr_scale: train.lr_scale(l),
             });
         }
         Ok(Trainer {
             model,
+            head_norm: None,
             layers,
             trained,
             cfg,
@@ -114,6 +124,19 @@ impl<B: Backend> Trainer<B> {
 
     pub fn model(&self) -> &Model<B> {
         &self.model
+    }
+
+    /// Train on `logits / temperature`, the distribution the rollouts were sampled
+    /// from (default 1; a temperature of 0, greedy, counts as 1).
+    pub fn set_temperature(&mut self, temperature: f32) -> Result<()> {
+        if !temperature.is_finite() || temperature < 0.0 {
+            return Err(Error::invalid(format!(
+                "--temperature {temperature}: expected a number >= 0"
+            )));
+        }
+        let t = if temperature == 0.0 { 1.0 } else { temperature };
+        self.head_norm = super::head::tempered_norm(&self.model, t)?;
+        Ok(())
     }
 
     pub fn into_model(self) -> Model<B> {
@@ -301,7 +324,8 @@ impl<B: Backend> Trainer<B> {
                 pack.old_logp.iter().map(|v| v.unwrap_or(0.0)).collect()
             } else {
                 let x_top = self.run_layers_ref(&x_lo, self.lo()..self.n_layers(), &idx)?;
-                let current = super::head::row_logprobs(&self.model, &x_top, &pack)?;
+                let current =
+                    super::head::row_logprobs(&self.model, self.head_norm.as_ref(), &x_top, &pack)?;
                 pack.old_logp
                     .iter()
                     .zip(current)
@@ -382,8 +406,14 @@ impl<B: Backend> Trainer<B> {
             outs.push(y);
         }
         let top = outs.pop().expect("at least one layer in the window");
-        let (mut dx, stats) =
-            super::head::loss_backward(model, &top, &mb.pack, &mb.old_logp, &self.cfg.loss)?;
+        let (mut dx, stats) = super::head::loss_backward(
+            model,
+            self.head_norm.as_ref(),
+            &top,
+            &mb.pack,
+            &mb.old_logp,
+            &self.cfg.loss,
+        )?;
         drop(top);
         let ec = self.cfg.loss.entropy_coef;
         let loss: f64 = stats
@@ -439,6 +469,7 @@ impl<B: Backend> Trainer<B> {
             let grads = tl.grads.tensors();
             match (&self.cfg.optimizer, &mut tl.adam) {
                 (Optimizer::AdamW(opt), Some((m, v))) => {
+                    let opt = &opt.scaled(tl.lr_scale);
                     for ((((_, c), (_, p)), (_, g)), ((_, m), (_, v))) in copies
                         .into_iter()
                         .zip(masters)
@@ -449,8 +480,9 @@ impl<B: Backend> Trainer<B> {
                     }
                 }
                 (Optimizer::Sgd { lr, weight_decay }, _) => {
+                    let lr = *lr * tl.lr_scale;
                     for (((_, c), (_, p)), (_, g)) in copies.into_iter().zip(masters).zip(grads) {
-                        be.sgd_step(p, Some(c), g, *lr, *weight_decay, scale)?;
+                        be.sgd_step(p, Some(c), g, lr, *weight_decay, scale)?;
                     }
                 }
                 (Optimizer::AdamW(_), None) => {

@@ -1,0 +1,162 @@
+//! The written results of a sweep: `sweep.csv` (one row per run, the base model
+//! first, values in full precision) and `report.md` (the same table rounded to 4
+//! decimals, the chart, the best layers, the settings and the commands that train
+//! the picked layers).
+
+use super::{Entry, Sweep};
+use std::fmt::Write;
+
+/// The CSV header.
+pub const CSV_HEADER: &str = "layer,score,contribution,wall_seconds,peak_rss_mib";
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn name(e: &Entry) -> String {
+    e.layer.map_or_else(|| "all".into(), |l| l.to_string())
+}
+
+/// `sweep.csv`: `base`, `all` (the full run), then every swept layer. The base row
+/// has no run of its own (its score is the full run's step-0 evaluation); its C is
+/// 0 by definition. Empty cells where C is undefined.
+pub fn csv(s: &Sweep) -> String {
+    let mut out = format!("{CSV_HEADER}\n");
+    let c0 = s.contribution_defined.then_some(0.0);
+    let _ = writeln!(out, "base,{},{},,", s.score_base, opt(c0));
+    for e in std::iter::once(&s.full).chain(&s.layers) {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{:.3}",
+            name(e),
+            e.score,
+            opt(e.contribution),
+            e.wall_seconds,
+            mib(e.peak_rss_bytes)
+        );
+    }
+    out
+}
+
+fn c_cell(c: Option<f64>) -> String {
+    c.map_or_else(|| "undefined".into(), |c| format!("{c:.4}"))
+}
+
+/// `report.md`; `sweep_json` is how the report names the sweep file in commands.
+pub fn markdown(s: &Sweep, sweep_json: &str, chart: &str) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Layer sweep: {} on {}\n", s.model, s.task);
+    let _ = writeln!(
+        md,
+        "Contribution of layer l: C_l = (score_l - score_base) / (score_full - score_base), \
+         where score is the final held-out `{}` of an RL run that trains layer l alone, \
+         score_full that of the run training every layer (`--train-layer all`) and \
+         score_base that of the model before training. Every run had the same flags, \
+         seeds, budget and data order; only `--train-layer` differed.\n",
+        s.metric
+    );
+    if !s.contribution_defined {
+        let _ = writeln!(
+            md,
+            "**C_l is undefined**: the full-parameter run scored {:.4}, the same as the \
+             base model, so there is no gain to share out. The table and the chart show \
+             the scores; the layers are ranked by score.\n",
+            s.score_full
+        );
+    }
+    md.push_str("| layer | score | C_l | wall time (s) | peak RSS (MiB) |\n");
+    md.push_str("|---|---|---|---|---|\n");
+    let c0 = s.contribution_defined.then_some(0.0);
+    let _ = writeln!(md, "| base | {:.4} | {} | | |", s.score_base, c_cell(c0));
+    for e in std::iter::once(&s.full).chain(&s.layers) {
+        let _ = writeln!(
+            md,
+            "| {} | {:.4} | {} | {:.1} | {:.0} |",
+            name(e),
+            e.score,
+            c_cell(e.contribution),
+            e.wall_seconds,
+            mib(e.peak_rss_bytes)
+        );
+    }
+    let _ = writeln!(md, "\n![C_l by layer]({chart})\n");
+    md.push_str("## Best layers\n\n");
+    for (i, &l) in s.best_layers.iter().take(5).enumerate() {
+        if let Some(e) = s.layers.iter().find(|e| e.layer == Some(l)) {
+            let _ = writeln!(
+                md,
+                "{}. layer {l}: C = {}, score {:.4}",
+                i + 1,
+                c_cell(e.contribution),
+                e.score
+            );
+        }
+    }
+    let k = s.best_layers.len().min(2);
+    let args = s.run_args.join(" ");
+    if s.contribution_defined {
+        let _ = writeln!(
+            md,
+            "\nTrain the {k} best layers (`top-{k}`), each at `--lr` scaled by its \
+             contribution (lr_l = lr * max(C_l, 0) / max C over the trained layers):\n\n\
+             ```sh\nengine run --train-layer top-{k} --from-sweep {sweep_json} --lr-by-contribution {args}\n```\n"
+        );
+    } else {
+        md.push_str("\n`--train-layer top-K --from-sweep` needs defined contributions: rerun the sweep with a budget that moves the full run's score.\n\n");
+    }
+    md.push_str("## Settings\n\n");
+    let _ = writeln!(
+        md,
+        "Shared `engine run` flags: `{}`\n",
+        if args.is_empty() { "(none)" } else { &args }
+    );
+    md.push_str("Resolved settings of the full run (its config.toml):\n\n```toml\n");
+    if let Some(map) = s.settings.as_object() {
+        for (k, v) in map {
+            let _ = writeln!(md, "{k} = {v}");
+        }
+    }
+    md.push_str("```\n\n## Notes\n\n");
+    md.push_str(
+        "- Peak memory is the peak resident set size of each run's process (wait4). \
+         On a GPU it covers host memory only; the device memory of a run is not in it.\n",
+    );
+    md.push_str(
+        "- Wall time is that of the process that finished the run (a resumed run \
+         counts its last part only).\n",
+    );
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::sweep;
+    use super::*;
+
+    #[test]
+    fn csv_and_markdown_agree() {
+        let s = sweep(0.25, 0.75, &[(0, 0.5), (1, 0.25)]);
+        let csv = csv(&s);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert_eq!(lines[1], "base,0.25,0,,");
+        assert!(lines[2].starts_with("all,0.75,1,1,1.000"), "{}", lines[2]);
+        assert!(lines[3].starts_with("0,0.5,0.5,"), "{}", lines[3]);
+        let md = markdown(&s, "sweep.json", "contribution.svg");
+        assert!(md.contains("| 0 | 0.5000 | 0.5000 |"), "{md}");
+        assert!(md.contains("| 1 | 0.2500 | 0.0000 |"), "{md}");
+        assert!(md.contains("--train-layer top-2 --from-sweep sweep.json"));
+    }
+
+    #[test]
+    fn undefined_is_said() {
+        let s = sweep(0.5, 0.5, &[(0, 0.5)]);
+        assert!(csv(&s).lines().nth(2).unwrap().starts_with("all,0.5,,"));
+        let md = markdown(&s, "sweep.json", "c.svg");
+        assert!(md.contains("C_l is undefined") && md.contains("| all | 0.5000 | undefined |"));
+    }
+}
