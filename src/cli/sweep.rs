@@ -223,11 +223,15 @@ fn num_layers(model: Option<&str>) -> Result<usize> {
     }
 }
 
-/// Refuse to mix runs made with other flags into an existing sweep directory.
+/// Refuse to mix runs made with other flags into an existing sweep directory (one
+/// with a started run; before that the flags may still change).
 fn check_args(dir: &Path, args: &[String]) -> Result<()> {
     let path = dir.join("sweep-args.json");
     let want = serde_json::json!({ "run_args": args });
-    if path.exists() {
+    let started = std::fs::read_dir(dir.join("runs"))
+        .map(|d| d.flatten().any(|e| e.path().join("config.toml").exists()))
+        .unwrap_or(false);
+    if path.exists() && started {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
         let had: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::file(&path, e))?;
