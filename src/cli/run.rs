@@ -148,7 +148,8 @@ pub struct Args {
     /// sweep.json whose contributions pick the layers of --train-layer top-K.
     #[arg(long)]
     pub from_sweep: Option<PathBuf>,
-    /// Scale each trained layer's learning rate by its contribution (with --from-sweep).
+    /// Scale each trained layer's learning rate by its contribution (with --from-sweep):
+    /// lr_l = lr * max(C_l, 0) / max C over the trained layers (C <= 0: frozen).
     #[arg(long)]
     pub lr_by_contribution: bool,
 }
@@ -421,6 +422,7 @@ fn from_rollouts(s: &RunSettings, path: &Path, out: Option<&Path>) -> Result<()>
             steps,
             out,
             temperature: s.temperature.unwrap_or(1.0),
+            settings: s.clone(),
         },
     )
 }
@@ -434,12 +436,18 @@ struct RolloutJob {
     out: PathBuf,
     /// The temperature the rollouts were sampled at (the logits are divided by it).
     temperature: f32,
+    /// For `--train-layer top-K --from-sweep` and `--lr-by-contribution`.
+    settings: RunSettings,
 }
 
 impl BackendJob for RolloutJob {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
         let model = Model::load(&self.dir, backend)?;
-        let layers = TrainLayers::parse(&self.layer, model.cfg.num_hidden_layers)?;
+        let layers = onelayer::sweep::select::train_layers(
+            &self.settings,
+            &self.layer,
+            model.cfg.num_hidden_layers,
+        )?;
         let mut trainer = Trainer::new(model, &layers, self.cfg)?;
         trainer.set_temperature(self.temperature)?;
         let metrics_path = self.out.join("metrics.jsonl");
