@@ -56,11 +56,37 @@ pub struct AttnDims {
     pub max_len: usize,
 }
 
+/// Device memory a backend has allocated (`Backend::memory_use`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Bytes of buffers live now.
+    pub live_bytes: usize,
+    /// The most bytes live at once so far.
+    pub peak_bytes: usize,
+}
+
 impl AttnDims {
     /// Elements of one K (or V) cache buffer.
     pub fn cache_len(&self) -> usize {
         self.slots * self.max_len * self.kv_heads * self.head_dim
     }
+}
+
+/// The checks of `Backend::copy_within`: both ranges inside a buffer of `buf_len`
+/// elements, and apart.
+pub(crate) fn check_copy_within(buf_len: usize, src: usize, dst: usize, len: usize) -> Result<()> {
+    let fits = |start: usize| start.checked_add(len).is_some_and(|end| end <= buf_len);
+    if !fits(src) || !fits(dst) {
+        return Err(crate::Error::invalid(format!(
+            "copy_within: {len} elements from {src} to {dst} do not fit a buffer of {buf_len}"
+        )));
+    }
+    if len > 0 && src.abs_diff(dst) < len {
+        return Err(crate::Error::invalid(format!(
+            "copy_within: ranges of {len} elements at {src} and {dst} overlap"
+        )));
+    }
+    Ok(())
 }
 
 pub trait Backend: Send + Sync {
@@ -95,6 +121,15 @@ pub trait Backend: Send + Sync {
     fn fill_uniform(&self, len: usize, lo: f32, hi: f32, seed: u64) -> Result<Self::Buf>;
     /// A new buffer holding `src[start..start + len]`.
     fn slice(&self, src: &Self::Buf, start: usize, len: usize) -> Result<Self::Buf>;
+    /// `buf[dst..dst + len] = buf[src..src + len]`, on the device (a device-to-device
+    /// memcpy on CUDA); the two ranges must not overlap. Generation copies a shared
+    /// prompt's K/V from one cache slot to another with it.
+    fn copy_within(&self, buf: &mut Self::Buf, src: usize, dst: usize, len: usize) -> Result<()>;
+    /// Device memory this backend's buffers take, where it keeps count (the CUDA
+    /// backend: every allocation it made, live and peak); `None` on the CPU.
+    fn memory_use(&self) -> Option<MemoryUse> {
+        None
+    }
 
     /// `out[t, :] = table[ids[t], :]`; out `[tokens, dim]`, table `[vocab, dim]`.
     fn embedding(

@@ -105,6 +105,12 @@ impl<T: Real> Backend for CpuBackend<T> {
         Ok(src[start..start + len].to_vec())
     }
 
+    fn copy_within(&self, buf: &mut Vec<T>, src: usize, dst: usize, len: usize) -> Result<()> {
+        super::check_copy_within(buf.len(), src, dst, len)?;
+        buf.copy_within(src..src + len, dst);
+        Ok(())
+    }
+
     fn embedding(
         &self,
         out: &mut Vec<T>,

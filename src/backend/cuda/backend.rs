@@ -160,6 +160,20 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn copy_within(&self, buf: &mut CudaBuf, src: usize, dst: usize, len: usize) -> Result<()> {
+        crate::backend::check_copy_within(buf.len(), src, dst, len)?;
+        let size = buf.dtype().size();
+        self.dev.copy(
+            buf.ptr().offset(dst * size),
+            buf.ptr().offset(src * size),
+            len * size,
+        )
+    }
+
+    fn memory_use(&self) -> Option<crate::backend::MemoryUse> {
+        Some(self.dev.memory_use())
+    }
+
     fn embedding(
         &self,
         out: &mut CudaBuf,

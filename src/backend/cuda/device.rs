@@ -8,9 +8,11 @@
 //! parsed from the source (`check_args`) before launching. GEMMs (`GemmEx`) are not
 //! kernels of ours: cuBLAS on a GPU, a CPU GEMM in the emulator.
 
+use crate::backend::MemoryUse;
 use crate::kernels::{self, ArgKind, KernelSig};
 use crate::{Error, Result};
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// An address in device memory. `DevicePtr(0)` is null (kernels take it for optional
 /// outputs).
@@ -279,6 +281,36 @@ pub trait Device: Send + Sync {
     }
     /// See `GemmEx`. cuBLAS on a GPU, a CPU GEMM in the emulator.
     fn gemm_ex(&self, g: &GemmEx) -> Result<()>;
+    /// Bytes of the allocations made through `alloc` that are live now, and the most
+    /// that were live at once (`MemoryCounter`).
+    fn memory_use(&self) -> MemoryUse;
+}
+
+/// Live and peak bytes of a device's allocations: `alloc` adds, `free` subtracts.
+/// Only the device's own allocations count (not cuBLAS workspace, the CUDA context,
+/// or what a stream-ordered allocator keeps cached).
+#[derive(Debug, Default)]
+pub struct MemoryCounter {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl MemoryCounter {
+    pub fn add(&self, bytes: usize) {
+        let now = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn sub(&self, bytes: usize) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> MemoryUse {
+        MemoryUse {
+            live_bytes: self.live.load(Ordering::Relaxed),
+            peak_bytes: self.peak.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A new allocation holding `data`.

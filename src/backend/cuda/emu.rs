@@ -13,7 +13,9 @@
 //! the emulator's error (a barrier that can never complete, a warp collective
 //! without its lanes, a misaligned ldmatrix, ...) as a one-line `Error`.
 
-use super::device::{check_args, ArgPack, Device, DevicePtr, GemmEx, KernelArg, LaunchConfig};
+use super::device::{
+    check_args, ArgPack, Device, DevicePtr, GemmEx, KernelArg, LaunchConfig, MemoryCounter,
+};
 use crate::{Error, Result};
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::BTreeMap;
@@ -83,6 +85,7 @@ impl Alloc {
 pub struct EmuDevice {
     allocs: Mutex<BTreeMap<u64, Alloc>>, // by user address
     timeout_ms: AtomicU32,
+    memory: MemoryCounter,
 }
 
 impl Default for EmuDevice {
@@ -96,6 +99,7 @@ impl EmuDevice {
         EmuDevice {
             allocs: Mutex::new(BTreeMap::new()),
             timeout_ms: AtomicU32::new(0),
+            memory: MemoryCounter::default(),
         }
     }
 
@@ -214,13 +218,17 @@ impl Device for EmuDevice {
         }
         let user = a.user();
         self.allocs.lock().unwrap().insert(user, a);
+        self.memory.add(bytes);
         Ok(DevicePtr(user))
     }
 
     fn free(&self, p: DevicePtr) {
         let a = self.allocs.lock().unwrap().remove(&p.0);
         match a {
-            Some(a) => release(a),
+            Some(a) => {
+                self.memory.sub(a.len);
+                release(a)
+            }
             None => panic!(
                 "EmuDevice::free({:#x}): not the start of a live allocation (double free?)",
                 p.0
@@ -280,6 +288,10 @@ impl Device for EmuDevice {
             return Err(Error::invalid(format!("emulator: {msg}")));
         }
         self.check_guards(kernel)
+    }
+
+    fn memory_use(&self) -> crate::backend::MemoryUse {
+        self.memory.get()
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -13,13 +13,15 @@ mod blas;
 
 pub use blas::{Dtype, Gemm};
 
-use super::device::{check_args, Device, DevicePtr, GemmEx, KernelArg, LaunchConfig};
+use super::device::{
+    check_args, Device, DevicePtr, GemmEx, KernelArg, LaunchConfig, MemoryCounter,
+};
 use super::nvrtc::{self, Arch, Options};
 use crate::kernels;
 use crate::{Error, Result};
 use cudarc::driver::{result as cu, sys, CudaContext, CudaFunction, CudaStream, PushKernelArg};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 #[cfg(target_endian = "big")]
 compile_error!("kernel arguments travel in the low bytes of a u64 (little-endian only)");
@@ -33,6 +35,9 @@ pub struct GpuDevice {
     description: String,
     functions: HashMap<&'static str, CudaFunction>,
     blas: OnceLock<std::result::Result<cudarc::cublas::CudaBlas, String>>,
+    /// Bytes of each live allocation (for `memory_use`).
+    sizes: Mutex<HashMap<u64, usize>>,
+    memory: MemoryCounter,
 }
 
 fn driver_err(what: impl std::fmt::Display) -> impl Fn(cu::DriverError) -> Error {
@@ -184,6 +189,8 @@ impl GpuDevice {
             description,
             functions,
             blas: OnceLock::new(),
+            sizes: Mutex::new(HashMap::new()),
+            memory: MemoryCounter::default(),
         })
     }
 
@@ -276,12 +283,17 @@ impl Device for GpuDevice {
             }
         }
         .map_err(driver_err(what()))?;
+        self.sizes.lock().expect("sizes lock").insert(p, bytes);
+        self.memory.add(bytes);
         Ok(DevicePtr(p))
     }
 
     fn free(&self, p: DevicePtr) {
         if p.0 == 0 || self.bind().is_err() {
             return;
+        }
+        if let Some(bytes) = self.sizes.lock().expect("sizes lock").remove(&p.0) {
+            self.memory.sub(bytes);
         }
         // SAFETY: `p` came from `alloc` on this device and is freed once; the async
         // free is ordered after all work queued on the stream that uses it.
@@ -389,6 +401,10 @@ impl Device for GpuDevice {
             beta: if g.accumulate { 1.0 } else { 0.0 },
         };
         self.cublas_gemm(&spec, g.out, g.x, g.w)
+    }
+
+    fn memory_use(&self) -> crate::backend::MemoryUse {
+        self.memory.get()
     }
 
     fn synchronize(&self) -> Result<()> {
