@@ -1,5 +1,7 @@
 //! Per-layer key/value caches, `[slots, max_len, kv_heads, head_dim]` each. A slot
-//! holds one sequence; `lens[s]` counts the positions written so far.
+//! holds one sequence; `lens[s]` counts the positions written so far. A slot's first
+//! `n` positions are one contiguous range of each buffer, so `copy_prefix` can give a
+//! slot another slot's prompt with one device copy per layer and buffer.
 
 use crate::backend::{AttnDims, Backend};
 use crate::config::ModelConfig;
@@ -11,6 +13,8 @@ pub struct KvCache<B: Backend> {
     pub slots: usize,
     pub max_len: usize,
     pub lens: Vec<usize>,
+    /// Elements of one position of one slot: `kv_heads * head_dim`.
+    pub kv_dim: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -33,6 +37,7 @@ impl<B: Backend> KvCache<B> {
             slots,
             max_len,
             lens: vec![0; slots],
+            kv_dim: cfg.kv_dim(),
         })
     }
 
@@ -50,6 +55,31 @@ impl<B: Backend> KvCache<B> {
             slots: self.slots,
             max_len: self.max_len,
         }
+    }
+
+    /// Give slot `to` the first `len` positions of slot `from` (keys and values of
+    /// every layer) and set its length to `len`: what prefilling the same tokens into
+    /// `to` would have written. `from` must hold at least `len` positions.
+    pub fn copy_prefix(&mut self, backend: &B, from: usize, to: usize, len: usize) -> Result<()> {
+        if from >= self.slots || to >= self.slots || from == to {
+            return Err(Error::invalid(format!(
+                "copy_prefix: slots {from} -> {to} of a cache of {} slots",
+                self.slots
+            )));
+        }
+        if len > self.lens[from] {
+            return Err(Error::invalid(format!(
+                "copy_prefix: slot {from} holds {} positions, not {len}",
+                self.lens[from]
+            )));
+        }
+        let slot_elems = self.max_len * self.kv_dim;
+        let n = len * self.kv_dim;
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            backend.copy_within(buf, from * slot_elems, to * slot_elems, n)?;
+        }
+        self.lens[to] = len;
+        Ok(())
     }
 
     /// Forget slot `s` so a new sequence can use it.
