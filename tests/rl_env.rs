@@ -1,7 +1,8 @@
 //! Multi-turn RL end to end on the CPU: the built-in `guess` environment with
 //! GiGPO improves the demo model, the external JSON-lines example environment gives
-//! the very same run as the built-in one, every algorithm runs on both kinds of task,
-//! and broken environments or settings are one-line errors.
+//! the very same run as the built-in one, `engine eval` scores a run as the run did,
+//! every algorithm runs on both kinds of task, and broken environments or settings
+//! are one-line errors.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -92,6 +93,19 @@ fn gigpo_on_guess_improves() {
         let samples = line["samples"].as_u64().unwrap() as f64;
         assert!((samples - 128.0 * turns).abs() < 1e-6, "{line}");
     }
+    // `engine eval --trained RUN` is the run's own evaluation of its final state.
+    let out = engine()
+        .args(["eval", "--device", "cpu", "--trained", d, "--limit", "20"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["task"], "guess");
+    assert_eq!(e["accuracy"], m[30]["eval_accuracy"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

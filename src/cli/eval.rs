@@ -9,6 +9,7 @@ use super::{with_backend, BackendJob};
 use onelayer::backend::Backend;
 use onelayer::rl::eval::evaluate;
 use onelayer::rl::run::load_problems;
+use onelayer::rl::work::Work;
 use onelayer::rl::RunSettings;
 use onelayer::sampling::SamplingParams;
 use onelayer::tasks::{Rewarder, TaskKind};
@@ -24,9 +25,15 @@ pub struct Args {
     /// A run directory (or its trained.safetensors) whose trained layers to evaluate.
     #[arg(long)]
     pub trained: Option<PathBuf>,
-    /// gsm8k | math | code | arith (default: the run's)
+    /// gsm8k | math | code | arith | guess (default: the run's)
     #[arg(long)]
     pub task: Option<String>,
+    /// An external multi-turn environment (see `engine run --env`; default: the run's).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Turns per episode of a multi-turn environment (default: the run's, else 4).
+    #[arg(long)]
+    pub max_turns: Option<usize>,
     /// The problems (JSONL); arith generates its held-out set.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -63,6 +70,8 @@ pub fn run(a: Args) -> Result<()> {
     let flags = RunSettings {
         model: a.model.clone(),
         task: a.task.clone(),
+        env: a.env.clone(),
+        max_turns: a.max_turns,
         max_new_tokens: a.max_new_tokens,
         ..RunSettings::default()
     };
@@ -85,6 +94,9 @@ struct Job {
 impl BackendJob for Job {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
         let s = &self.s;
+        if onelayer::env::is_env_task(s.task.as_deref(), s.env.as_deref()) {
+            return self.run_env(backend);
+        }
         let kind = TaskKind::parse(s.task.as_deref().unwrap_or("arith"))?;
         if kind != TaskKind::Arith && s.eval_data.is_none() {
             return Err(Error::invalid(format!(
@@ -126,6 +138,45 @@ impl BackendJob for Job {
         )?;
         print_json(&json!({
             "task": kind.name(),
+            "trained_layers": layers,
+            "problems": r.problems,
+            "samples": r.samples,
+            "accuracy": r.accuracy,
+            "pass_at_k": r.pass_at_k,
+        }));
+        Ok(())
+    }
+}
+
+impl Job {
+    /// A multi-turn environment: the share of greedy episodes (held-out task ids,
+    /// `--limit` of them, default 200) whose return reaches 1, as the run's eval.
+    fn run_env<B: Backend>(self, backend: B) -> Result<()> {
+        if self.a.samples != 1 {
+            return Err(Error::invalid(
+                "--samples: environments are evaluated with one greedy episode per task",
+            ));
+        }
+        let mut s = self.s.clone();
+        s.eval_size = Some(self.a.limit.unwrap_or(200));
+        let (mut model, codec, _) = build_model(&s, backend)?;
+        let layers = match &self.trained {
+            Some(p) => Some(apply_trained(&mut model, p)?),
+            None => None,
+        };
+        let mut work = Work::open(&s, codec.as_ref(), s.model.is_none())?;
+        let r = work
+            .evaluate(
+                &model,
+                codec.as_ref(),
+                s.max_new_tokens.unwrap_or(512),
+                SamplingParams::default(),
+                self.a.seed,
+                0,
+            )?
+            .ok_or_else(|| Error::invalid("--limit must be at least 1"))?;
+        print_json(&json!({
+            "task": work.title(),
             "trained_layers": layers,
             "problems": r.problems,
             "samples": r.samples,
