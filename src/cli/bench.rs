@@ -6,13 +6,26 @@
 //! `new_tokens` steps of one token per sequence (LM head and greedy sampling on the
 //! device included). The decode roofline is the time to read the bf16 weights and the
 //! KV cache once per step at 3.0 TB/s (the measured H100 copy bandwidth).
+//!
+//! `engine bench rl`: one whole RL step, as `engine run` does it, on random prompts:
+//! rollout generation (`--prompts-per-step` prompts x `--group-size` samples through
+//! `generate`, each prompt prefilled once per group unless `--no-shared-prefill`;
+//! no stop token, so every completion has `--max-new-tokens`), then
+//! `Trainer::step` of the trained layer(s) on those rollouts (synthetic rewards,
+//! AdamW, one PPO epoch, training temperature = sampling temperature). It reports
+//! tokens/s of both halves and the peak memory: the device's allocations where the
+//! backend counts them (`Backend::memory_use`: the CUDA backend, also on the
+//! emulator; not cuBLAS workspace or the CUDA context), else the process's max RSS
+//! (`getrusage`), saying which; and the `engine plan` total of the same run.
 
 use super::{print_json, with_backend, BackendJob};
 use onelayer::backend::Backend;
 use onelayer::config::{builtin, builtin_names, ModelConfig};
+use onelayer::generate::{generate_with_stats, GenerateParams};
 use onelayer::model::{KvCache, Model, TokenBatch};
 use onelayer::resolve::resolve_model;
 use onelayer::sampling::{mix64, SamplingParams};
+use onelayer::train::{MemoryPlan, PlanInput, Rollout, TrainConfig, TrainLayers, Trainer};
 use onelayer::{Error, Result};
 use serde_json::json;
 use std::time::Instant;
@@ -21,7 +34,10 @@ use std::time::Instant;
 const HBM_BYTES_PER_S: f64 = 3.0e12;
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// A model to load (alias, HF id or directory); default: random weights of --shape.
     #[arg(long)]
     pub model: Option<String>,
@@ -44,7 +60,59 @@ pub struct Args {
     pub json: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// One whole RL step: rollout generation and the training step of the trained
+    /// layer(s), tokens/s of each and the peak memory.
+    Rl(RlArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RlArgs {
+    /// A model to load (alias, HF id or directory); default: random weights of --shape.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Built-in shape for random weights: tiny, qwen3-0.6b, qwen3-4b, qwen2.5-7b, ...
+    #[arg(long, default_value = "qwen3-4b")]
+    pub shape: String,
+    /// auto | cpu | cuda | cuda:N | emu
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Distinct prompts per step (P).
+    #[arg(long, default_value_t = 8)]
+    pub prompts_per_step: usize,
+    /// Samples per prompt (G); the step generates P x G completions.
+    #[arg(long, default_value_t = 8)]
+    pub group_size: usize,
+    /// Tokens per prompt (random ids).
+    #[arg(long, default_value_t = 256)]
+    pub prompt_len: usize,
+    /// Tokens per completion (no stop token: every completion runs to this length).
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Layers to train: 18, 17,18, 16-19 or all (default: the middle layer).
+    #[arg(long)]
+    pub train_layer: Option<String>,
+    /// Rollouts per optimizer update (default: all of the step's in one update).
+    #[arg(long)]
+    pub mini_batch: Option<usize>,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Prefill every sample's prompt (the generation before prompts were shared
+    /// within a group; same tokens, for measuring the difference).
+    #[arg(long)]
+    pub no_shared_prefill: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn run(a: Args) -> Result<()> {
+    if let Some(BenchCommand::Rl(r)) = a.command {
+        return run_rl(r);
+    }
     if a.batch == 0 || a.prompt_len == 0 {
         return Err(Error::invalid("--batch and --prompt-len must be positive"));
     }
@@ -52,22 +120,26 @@ pub fn run(a: Args) -> Result<()> {
     with_backend(&device, a)
 }
 
+/// `--model` when given, else random weights of the built-in `--shape`.
+fn load_model<B: Backend>(model: Option<&str>, shape: &str, seed: u64, be: B) -> Result<Model<B>> {
+    match model {
+        Some(m) => Model::load(&resolve_model(m)?, be),
+        None => {
+            let cfg = builtin(shape).ok_or_else(|| {
+                Error::invalid(format!(
+                    "--shape: unknown shape '{shape}' (one of {})",
+                    builtin_names().join(", ")
+                ))
+            })?;
+            Model::random(cfg, be, seed)
+        }
+    }
+}
+
 impl BackendJob for Args {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
         let t0 = Instant::now();
-        let model = match &self.model {
-            Some(m) => Model::load(&resolve_model(m)?, backend)?,
-            None => {
-                let cfg = builtin(&self.shape).ok_or_else(|| {
-                    Error::invalid(format!(
-                        "--shape: unknown shape '{}' (one of {})",
-                        self.shape,
-                        builtin_names().join(", ")
-                    ))
-                })?;
-                Model::random(cfg, backend, self.seed)?
-            }
-        };
+        let model = load_model(self.model.as_deref(), &self.shape, self.seed, backend)?;
         model.backend.synchronize()?;
         let load_s = t0.elapsed().as_secs_f64();
         let r = measure(&model, &self)?;
@@ -182,4 +254,238 @@ fn report(cfg: &ModelConfig, device: &str, a: &Args, load_s: f64, r: &Timings) {
         out["decode_vs_roofline"].as_f64().unwrap_or(0.0),
         roofline_step_s * 1e3
     );
+}
+
+// ---- engine bench rl -------------------------------------------------------------
+
+fn run_rl(a: RlArgs) -> Result<()> {
+    let positive = [
+        ("--prompts-per-step", a.prompts_per_step),
+        ("--group-size", a.group_size),
+        ("--prompt-len", a.prompt_len),
+        ("--max-new-tokens", a.max_new_tokens),
+    ];
+    if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
+        return Err(Error::invalid(format!("{flag} must be at least 1")));
+    }
+    let device = a.device.clone();
+    with_backend(&device, a)
+}
+
+/// A synthetic reward in [0, 1) per completion (a hash of its tokens), so groups have
+/// non-zero advantages and the step does the work of a real one.
+fn synthetic_reward(seed: u64, ids: &[u32]) -> f64 {
+    let h = ids
+        .iter()
+        .fold(mix64(seed), |acc, &t| mix64(acc ^ t as u64));
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The process's peak resident set size in bytes (`getrusage`), if the OS says.
+fn max_rss_bytes() -> Option<u64> {
+    // SAFETY: getrusage fills the zeroed struct it is given; no other effect.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return None;
+    }
+    let v = ru.ru_maxrss.max(0) as u64;
+    // Linux reports KiB, macOS bytes.
+    Some(if cfg!(target_os = "macos") {
+        v
+    } else {
+        v * 1024
+    })
+}
+
+impl BackendJob for RlArgs {
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        let a = self;
+        let t0 = Instant::now();
+        let model = load_model(a.model.as_deref(), &a.shape, a.seed, backend)?;
+        let cfg = model.cfg.clone();
+        let n_layers = cfg.num_hidden_layers;
+        let spec = a
+            .train_layer
+            .clone()
+            .unwrap_or_else(|| (n_layers / 2).to_string());
+        let layers = TrainLayers::parse(&spec, n_layers)?;
+        let (p, g) = (a.prompts_per_step, a.group_size);
+        let train_cfg = TrainConfig {
+            max_new_tokens: a.max_new_tokens,
+            mini_batch: a.mini_batch,
+            ..TrainConfig::default()
+        };
+        let mut trainer = Trainer::new(model, &layers, train_cfg)?;
+        trainer.set_temperature(a.temperature)?;
+        let be = &trainer.model().backend;
+        be.synchronize()?;
+        let load_s = t0.elapsed().as_secs_f64();
+        let device = be.name();
+        let mem_loaded = be.memory_use();
+
+        // Rollouts: P random prompts, each G times, one batched generation.
+        let vocab = cfg.vocab_size as u64;
+        let prompts: Vec<Vec<u32>> = (0..p)
+            .map(|i| {
+                (0..a.prompt_len)
+                    .map(|j| (mix64(a.seed ^ mix64((i * a.prompt_len + j) as u64)) % vocab) as u32)
+                    .collect()
+            })
+            .collect();
+        let batch: Vec<Vec<u32>> = prompts
+            .iter()
+            .flat_map(|q| std::iter::repeat_n(q.clone(), g))
+            .collect();
+        let params = GenerateParams {
+            max_new_tokens: a.max_new_tokens,
+            sampling: SamplingParams {
+                temperature: a.temperature,
+                ..SamplingParams::default()
+            },
+            seed: a.seed,
+            stop_ids: vec![],
+        };
+        let t = Instant::now();
+        let (completions, gen) =
+            generate_with_stats(trainer.model(), &batch, &params, !a.no_shared_prefill)?;
+        let be = &trainer.model().backend;
+        be.synchronize()?;
+        let rollout_s = t.elapsed().as_secs_f64();
+        let mem_rollout = be.memory_use();
+        let rollouts: Vec<Rollout> = completions
+            .into_iter()
+            .enumerate()
+            .map(|(i, ids)| Rollout {
+                group: format!("p{}", i / g),
+                prompt_ids: batch[i].clone(),
+                reward: synthetic_reward(a.seed, &ids),
+                completion_ids: ids,
+                old_logprobs: None,
+                ref_logprobs: None,
+                advantage: None,
+            })
+            .collect();
+
+        // The training step on them.
+        let t = Instant::now();
+        let stats = trainer.step(&rollouts)?;
+        let be = &trainer.model().backend;
+        be.synchronize()?;
+        let train_s = t.elapsed().as_secs_f64();
+        let mem = be.memory_use();
+        let rss = max_rss_bytes();
+
+        let plan = MemoryPlan::new(
+            &cfg,
+            &layers,
+            PlanInput {
+                batch: a.mini_batch.unwrap_or(p * g).min(p * g),
+                seq: a.prompt_len + a.max_new_tokens,
+                rollout_batch: p * g,
+            },
+        );
+        let (peak, source) = match mem {
+            Some(m) => (Some(m.peak_bytes as u64), "device allocations"),
+            None => (rss, "process max RSS"),
+        };
+        let per_s = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        let out = json!({
+            "bench": "rl",
+            "device": device,
+            "model": a.model.clone().unwrap_or_else(|| format!("random {}", a.shape)),
+            "params": cfg.params_total(),
+            "train_layers": layers.layers(),
+            "trained_params": layers.len() * cfg.params_per_layer(),
+            "prompts_per_step": p,
+            "group_size": g,
+            "samples": p * g,
+            "prompt_len": a.prompt_len,
+            "max_new_tokens": a.max_new_tokens,
+            "load_s": load_s,
+            "rollout": {
+                "seconds": rollout_s,
+                "new_tokens": gen.new_tokens,
+                "tokens_per_s": per_s(gen.new_tokens, rollout_s),
+                "prompt_tokens": gen.prompt_tokens,
+                "shared_prefill": !a.no_shared_prefill,
+                "prefill_tokens": gen.prefill_tokens,
+                "shared_slots": gen.shared_slots,
+                "prefill_s": gen.prefill_seconds,
+                "decode_s": gen.decode_seconds,
+                "decode_steps": gen.decode_steps,
+                "decode_tokens_per_s": per_s(gen.new_tokens - p * g, gen.decode_seconds),
+            },
+            "train": {
+                "seconds": train_s,
+                "tokens": stats.tokens,
+                "loss_tokens": stats.loss_tokens,
+                "tokens_per_s": per_s(stats.tokens, train_s),
+                "updates": stats.updates,
+                "skipped": stats.skipped,
+                "loss": finite(stats.loss),
+                "grad_norm": finite(stats.grad_norm),
+            },
+            "step_s": rollout_s + train_s,
+            "memory": {
+                "peak_bytes": peak,
+                "source": source,
+                "device_bytes_after_load": mem_loaded.map(|m| m.live_bytes),
+                "device_peak_after_rollout_bytes": mem_rollout.map(|m| m.peak_bytes),
+                "device_peak_bytes": mem.map(|m| m.peak_bytes),
+                "max_rss_bytes": rss,
+                "plan_bytes": plan.total(),
+            },
+        });
+        if a.json {
+            print_json(&out);
+            return Ok(());
+        }
+        let gib = |b: Option<u64>| {
+            b.map_or("?".into(), |b| {
+                format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+            })
+        };
+        println!("device     {device}");
+        println!(
+            "model      {} ({:.2}B params), training layer(s) {spec}",
+            out["model"].as_str().unwrap_or(""),
+            cfg.params_total() as f64 / 1e9
+        );
+        println!(
+            "rollout    {p} prompts x {g} samples, {} + {} tokens: {:.3} s, {:.0} new tokens/s \
+             (prefill {} of {} prompt tokens, {:.3} s; decode {:.3} s)",
+            a.prompt_len,
+            a.max_new_tokens,
+            rollout_s,
+            per_s(gen.new_tokens, rollout_s),
+            gen.prefill_tokens,
+            gen.prompt_tokens,
+            gen.prefill_seconds,
+            gen.decode_seconds
+        );
+        println!(
+            "train      {} tokens ({} completion) in {:.3} s: {:.0} tokens/s, loss {:.4}, |g| {:.3}",
+            stats.tokens,
+            stats.loss_tokens,
+            train_s,
+            per_s(stats.tokens, train_s),
+            stats.loss,
+            stats.grad_norm
+        );
+        println!(
+            "memory     peak {} ({source}); plan {}",
+            gib(peak),
+            gib(Some(plan.total() as u64))
+        );
+        Ok(())
+    }
+}
+
+/// JSON null for a non-finite number.
+fn finite(x: f64) -> serde_json::Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        serde_json::Value::Null
+    }
 }
