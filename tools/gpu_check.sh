@@ -8,7 +8,11 @@
 #                                 emulator when GpuDevice::open(0) works
 #   4. bundle/benches/cuda_ops-*  criterion, short measurement
 #   5. engine bench --device cuda --json
-#   6. tools/torch_bench.py       the PyTorch side of the comparison
+#   6. engine bench rl --device cuda --json
+#                                 one whole RL step on the Qwen3-4B shape: 8 prompts x
+#                                 8 samples of 256 + 512 tokens, then the training step
+#                                 of layer 18; tokens/s and peak device memory
+#   7. tools/torch_bench.py       the PyTorch side of the comparison
 #
 # Writes $OUT/report.json, $OUT/report.md and $OUT/logs.tar.gz (every step's full
 # log). Every step runs even when an earlier one fails; each has a timeout and the
@@ -17,6 +21,13 @@
 #
 #   bash tools/gpu_check.sh                 # OUT defaults to /tmp/gpu_check
 #   QUICK=1 bash tools/gpu_check.sh         # torch_bench.py --quick
+#   ONLY=nvidia_smi,engine_bench_rl bash tools/gpu_check.sh
+#                                           # only these steps (comma-separated
+#                                           # names or globs: test_*); the others
+#                                           # are reported as not selected
+#
+# With every step at its full limit the steps add up to more than the budget; the
+# last ones get what is left (ONLY, or the T_* limits, to fit a session's needs).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." # the repository root (from tools/ or bundle/)
 ROOT=$PWD
@@ -57,6 +68,22 @@ fi
 step() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "${ONLY:-}" ]; then
+    local pat selected=""
+    local IFS=,
+    for pat in $ONLY; do
+      # shellcheck disable=SC2053 # a glob on purpose
+      [[ $name == $pat ]] && selected=1
+    done
+    unset IFS
+    if [ -z "$selected" ]; then
+      printf '%s\t%s\n' "$name" "$*" >> "$WORK/steps"
+      echo "not selected (ONLY=$ONLY)" > "$WORK/$name.log"
+      echo unselected > "$WORK/$name.rc"
+      echo 0 > "$WORK/$name.secs"
+      return
+    fi
+  fi
   local left=$((BUDGET - ($(date +%s) - START) - 5))
   [ "$limit" -gt "$left" ] && limit=$left
   printf '%s\t%s\n' "$name" "$*" >> "$WORK/steps"
@@ -91,6 +118,7 @@ bench=$(ls bundle/benches/cuda_ops-* 2>/dev/null | head -n1)
 step criterion "${T_CRITERION:-110}" "${bench:-bundle/benches/cuda_ops-MISSING}" --bench \
   --warm-up-time 0.5 --measurement-time 1 --sample-size 10 --noplot
 step engine_bench "${T_ENGINE_BENCH:-70}" bundle/engine bench --device cuda --json
+step engine_bench_rl "${T_ENGINE_BENCH_RL:-100}" bundle/engine bench rl --device cuda --json
 TB=tools/torch_bench.py
 [ -f "$TB" ] || TB=bundle/torch_bench.py
 step torch_bench "${T_TORCH:-150}" python3 "$TB" --out "$WORK/torch.json" ${QUICK:+--quick}
@@ -151,7 +179,8 @@ for line in read(os.path.join(work, "steps")).splitlines():
     rc = read(os.path.join(work, name + ".rc"), "?").strip()
     log = read(os.path.join(work, name + ".log"))
     secs = read(os.path.join(work, name + ".secs"), "0").strip()
-    status = {"0": "ok", "124": "timeout", "137": "timeout", "skipped": "skipped"}.get(rc, "fail")
+    status = {"0": "ok", "124": "timeout", "137": "timeout", "skipped": "skipped",
+              "unselected": "not selected"}.get(rc, "fail")
     s = {"name": name, "command": cmd, "status": status, "rc": rc,
          "seconds": round(float(secs or 0), 1)}
     key = {}
@@ -175,7 +204,7 @@ for line in read(os.path.join(work, "steps")).splitlines():
             key["note"] = m.group(0)
             if status == "ok":
                 s["status"] = status = "fail"  # nothing was measured
-    elif name == "engine_bench":
+    elif name in ("engine_bench", "engine_bench_rl"):
         key["result"] = last_json(log)
     elif name == "torch_bench":
         t = last_json(read(os.path.join(work, "torch.json"))) or last_json(log) or {}
@@ -183,7 +212,7 @@ for line in read(os.path.join(work, "steps")).splitlines():
         if t.get("errors") and status == "ok":
             s["status"] = status = "fail"
     s["key"] = key
-    if status != "ok":
+    if status not in ("ok", "not selected"):
         s["log_tail"] = tail(log)
     steps.append(s)
 
@@ -196,7 +225,7 @@ report = {
     "bundle": manifest.splitlines()[:4],
     "seconds": int(time.time()) - start,
     "notes": [n for n in read(os.path.join(work, "notes")).splitlines() if n],
-    "passed": all(s["status"] == "ok" for s in steps),
+    "passed": all(s["status"] in ("ok", "not selected") for s in steps),
     "steps": steps,
 }
 with open(os.path.join(out, "report.json"), "w") as f:
@@ -219,7 +248,7 @@ for s in steps:
             txt += ": " + ", ".join(k["failed_tests"][:8])
     elif s["name"] == "criterion":
         txt = f"{len(k['benchmarks'])} benchmarks" + (f" ({k['note']})" if "note" in k else "")
-    elif s["name"] in ("engine_bench", "torch_bench"):
+    elif s["name"] in ("engine_bench", "engine_bench_rl", "torch_bench"):
         txt = "see below" if k.get("result") else ""
     else:
         txt = next(iter(k.values()), "") if k else ""
@@ -243,10 +272,11 @@ if tb:
             md.append(f"- {sec}: " + ", ".join(f"{k} {fmt(tb[sec].get(k))}" for k in keys if k in tb[sec]))
     for sec, err in (tb.get("errors") or {}).items():
         md.append(f"- {sec}: ERROR {err.strip().splitlines()[-1] if err.strip() else ''}")
-eb = next((s["key"].get("result") for s in steps if s["name"] == "engine_bench"), None)
-if eb:
-    md += ["", "## engine bench", "", "```json", json.dumps(eb, indent=1)[:4000], "```"]
-fails = [s for s in steps if s["status"] != "ok"]
+for bench, title in (("engine_bench", "engine bench"), ("engine_bench_rl", "engine bench rl")):
+    eb = next((s["key"].get("result") for s in steps if s["name"] == bench), None)
+    if eb:
+        md += ["", f"## {title}", "", "```json", json.dumps(eb, indent=1)[:4000], "```"]
+fails = [s for s in steps if s["status"] not in ("ok", "not selected")]
 if fails:
     md += ["", "## Failures"]
     for s in fails:
