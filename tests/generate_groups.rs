@@ -20,15 +20,23 @@ use onelayer::config::builtin;
 use onelayer::generate::{generate, generate_with_stats, prefill_sources, GenerateParams};
 use onelayer::model::{Model, TokenBatch};
 use onelayer::sampling::SamplingParams;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 fn cpu_model() -> Model<CpuBackend<f32>> {
     Model::random(builtin("tiny").unwrap(), CpuBackend::<f32>::new(), 3).unwrap()
 }
 
-fn emu_model() -> Model<CudaBackend> {
+/// The tiny model on the emulator, with a lock that keeps the tests of this file from
+/// running emulators at the same time (their block threads are real OS threads that
+/// spin at barriers; two sets of them on two cores only get in each other's way).
+fn emu_model() -> (MutexGuard<'static, ()>, Model<CudaBackend>) {
+    static EMU: Mutex<()> = Mutex::new(());
+    let lock = EMU.lock().unwrap_or_else(|e| e.into_inner());
     let be = CudaBackend::new(Arc::new(EmuDevice::new()));
-    Model::random(builtin("tiny").unwrap(), be, 3).unwrap()
+    (
+        lock,
+        Model::random(builtin("tiny").unwrap(), be, 3).unwrap(),
+    )
 }
 
 /// A prompt of `len` ids below the tiny vocabulary (512), different per `k`.
@@ -92,6 +100,7 @@ fn copy_within_moves_exactly_the_range() {
         );
     }
     check("cpu", &CpuBackend::<f32>::new());
+    let _lock = emu_model().0;
     for (name, be) in cuda_backends() {
         check(&name, &be);
     }
@@ -119,7 +128,8 @@ fn copied_prefix_equals_a_prefill() {
         assert!(e.to_string().contains("holds 6 positions"), "{name}: {e}");
     }
     check("cpu", &cpu_model());
-    check("emu", &emu_model());
+    let (_lock, emu) = emu_model();
+    check("emu", &emu);
 }
 
 /// Sampled generation with and without the shared prefill, with a stop token so
@@ -190,7 +200,8 @@ fn identical_prompts_are_prefilled_once() {
         temperature: 1.0,
         ..SamplingParams::default()
     };
-    check_shared_sampling("emu", &emu_model(), &small, 4, plain, 5);
+    let (_lock, emu) = emu_model();
+    check_shared_sampling("emu", &emu, &small, 4, plain, 5);
 }
 
 #[test]
@@ -233,7 +244,7 @@ fn seeded_sampling_is_reproducible_and_independent_of_the_batch() {
 
     // The emulator: a rerun, and other neighbours (two tokens: the prefill's draw and
     // a decode step's; each top-k / top-p draw costs about a second there).
-    let emu = emu_model();
+    let (_lock, emu) = emu_model();
     let p = params(2, sampled(), 42);
     let (abc, other) = (&abc[..], &other[..4]);
     let first = generate(&emu, abc, &p).unwrap();
@@ -286,6 +297,7 @@ fn greedy_tokens_match_between_cpu_and_emu() {
     assert_eq!(picked.len(), PICK, "too few prompts with comfortable gaps");
     let prompts: Vec<Vec<u32>> = picked.iter().map(|&i| candidates[i].clone()).collect();
     let want: Vec<Vec<u32>> = picked.iter().map(|&i| conts[i].clone()).collect();
-    let got = generate(&emu_model(), &prompts, &greedy).unwrap();
+    let (_lock, emu) = emu_model();
+    let got = generate(&emu, &prompts, &greedy).unwrap();
     assert_eq!(got, want, "emu vs cpu, prompts {picked:?}");
 }
