@@ -321,7 +321,7 @@ impl BackendJob for RlArgs {
         be.synchronize()?;
         let load_s = t0.elapsed().as_secs_f64();
         let device = be.name();
-        let mem_loaded = be.memory_use();
+        let mem_before = be.memory_use();
 
         // Rollouts: P random prompts, each G times, one batched generation.
         let vocab = cfg.vocab_size as u64;
@@ -429,7 +429,7 @@ impl BackendJob for RlArgs {
             "memory": {
                 "peak_bytes": peak,
                 "source": source,
-                "device_bytes_after_load": mem_loaded.map(|m| m.live_bytes),
+                "device_bytes_before_step": mem_before.map(|m| m.live_bytes),
                 "device_peak_after_rollout_bytes": mem_rollout.map(|m| m.peak_bytes),
                 "device_peak_bytes": mem.map(|m| m.peak_bytes),
                 "max_rss_bytes": rss,
