@@ -201,7 +201,7 @@ fn identical_prompts_are_prefilled_once() {
         ..SamplingParams::default()
     };
     let (_lock, emu) = emu_model();
-    check_shared_sampling("emu", &emu, &small, 4, plain, 5);
+    check_shared_sampling("emu", &emu, &small, 3, plain, 5);
 }
 
 #[test]
@@ -242,10 +242,19 @@ fn seeded_sampling_is_reproducible_and_independent_of_the_batch() {
     let greedy = generate(&cpu, &abc, &params(12, SamplingParams::default(), 42)).unwrap();
     assert_ne!(greedy, first, "cpu: sampled vs greedy");
 
-    // The emulator: a rerun, and other neighbours (two tokens: the prefill's draw and
-    // a decode step's; each top-k / top-p draw costs about a second there).
+    // The emulator: a rerun, and other neighbours. Plain temperature sampling: the
+    // top-k / top-p threshold searches cost about a second per draw there, and the
+    // kernel's filters are compared with the CPU's in tests/cuda_backend_ops.rs; what
+    // is tested here is that each slot keeps its own stream.
     let (_lock, emu) = emu_model();
-    let p = params(2, sampled(), 42);
+    let p = params(
+        3,
+        SamplingParams {
+            temperature: 0.9,
+            ..SamplingParams::default()
+        },
+        42,
+    );
     let (abc, other) = (&abc[..], &other[..4]);
     let first = generate(&emu, abc, &p).unwrap();
     assert_eq!(first, generate(&emu, abc, &p).unwrap(), "emu: rerun");
