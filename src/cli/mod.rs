@@ -53,7 +53,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// The memory plan of a single-layer run, term by term.
     Plan(plan::Args),
-    /// Prefill and decode throughput (random weights of a built-in shape by default).
+    /// Prefill and decode throughput (random weights of a built-in shape by default);
+    /// `bench rl`: one whole RL step (rollouts, training step, peak memory).
     Bench(bench::Args),
     /// List the CUDA kernels; --check compiles them with NVRTC (no GPU needed) and
     /// reports registers, shared memory and spills per kernel.
