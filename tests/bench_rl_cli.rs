@@ -2,19 +2,9 @@
 //! their consistency (prefill shared within groups, token counts, peak memory and
 //! where it came from), the text report, and one-line errors for bad flags.
 
-use std::process::Command;
+mod common;
 
-fn engine(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .output()
-        .expect("run engine");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::engine_output as engine;
 
 const SMALL: [&str; 13] = [
     "bench",

@@ -6,22 +6,10 @@ mod common;
 use common::fixture;
 use safetensors::tensor::{Dtype, TensorView};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const MODEL: &str = "qwen3-gqa2-tied";
 
-fn engine(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::engine_output as engine;
 
 /// Runs the engine, expects failure with one `error:` line containing every `needle`.
 #[track_caller]

@@ -7,28 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn engine() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_engine"))
-}
+mod common;
+
+use common::{engine, engine_ok as run_ok, engine_output};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("onelayer-env-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn run(args: &[&str]) -> (bool, String) {
-    let out = engine().args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let (ok, err) = run(args);
-    assert!(ok, "engine {args:?} failed:\n{err}");
-    err
+    common::fresh_dir("env", name)
 }
 
 /// metrics.jsonl without the timing fields.
@@ -201,7 +185,7 @@ fn broken_environments_and_settings_are_one_line_errors() {
     for (extra, want) in cases {
         let mut args = vec!["run", "--device", "cpu", "--steps", "1", "--out", d];
         args.extend(&extra);
-        let (ok, err) = run(&args);
+        let (ok, _, err) = engine_output(&args);
         assert!(!ok, "{extra:?} succeeded");
         let last = err.trim_end().lines().last().unwrap_or("");
         assert!(

@@ -3,25 +3,17 @@
 //! what it should, and bad settings are one-line errors.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod common;
 
-fn engine() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_engine"))
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("onelayer-rl-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::fresh_dir("rl", name)
 }
 
+/// Run the engine, which must succeed; its stderr.
+#[track_caller]
 fn run_ok(args: &[&str]) -> String {
-    let out = engine().args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "engine {args:?} failed:\n{err}");
-    err
+    common::engine_ok(args).1
 }
 
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {
@@ -140,7 +132,7 @@ fn bad_settings_are_one_line_errors() {
         (vec!["run", "--algo", "ppo", "--out", d], "--algo"),
         (vec!["run", "--resume", "/nonexistent/run"], "config.toml"),
     ] {
-        let out = engine().args(&args).output().unwrap();
+        let out = common::engine().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         let last = err.trim().lines().last().unwrap_or("");
@@ -228,7 +220,7 @@ fn export_loads_back() {
     }
     assert!(changed > 5);
     let score = |m: &Path| {
-        let o = engine()
+        let o = common::engine()
             .args([
                 "score",
                 "--device",

@@ -8,27 +8,18 @@
 
 use onelayer::sweep::{Entry, Sweep};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn engine() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_engine"))
-}
+mod common;
+
+use common::engine_ok as run_ok;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("onelayer-sweep-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::fresh_dir("sweep", name)
 }
 
 fn run(args: &[&str]) -> Output {
-    engine().args(args).output().unwrap()
-}
-
-fn run_ok(args: &[&str]) -> (String, String) {
-    let out = run(args);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "engine {args:?} failed:\n{err}");
-    (String::from_utf8_lossy(&out.stdout).to_string(), err)
+    common::engine().args(args).output().unwrap()
 }
 
 /// A failure whose stderr is one `error:` line naming `want`, with no panic.

@@ -175,3 +175,36 @@ pub fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
     }
     idx
 }
+
+/// The `engine` binary of this build (offline: no test reaches the HF Hub).
+pub fn engine() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_engine"));
+    c.env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+/// Run `engine args`: (success, stdout, stderr).
+pub fn engine_output(args: &[&str]) -> (bool, String, String) {
+    let out = engine().args(args).output().expect("run engine");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run `engine args`, which must succeed: (stdout, stderr).
+#[track_caller]
+pub fn engine_ok(args: &[&str]) -> (String, String) {
+    let (ok, out, err) = engine_output(args);
+    assert!(ok, "engine {args:?} failed:\n{err}");
+    (out, err)
+}
+
+/// A temporary directory for this test process, removed first if it exists
+/// (`tag` names the test file, `name` the case).
+pub fn fresh_dir(tag: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("onelayer-{tag}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
