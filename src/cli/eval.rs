@@ -7,7 +7,7 @@ use super::print_json;
 use super::run::{apply_trained, build_model};
 use super::{with_backend, BackendJob};
 use onelayer::backend::Backend;
-use onelayer::rl::eval::evaluate;
+use onelayer::rl::eval::{evaluate, EvalResult};
 use onelayer::rl::run::load_problems;
 use onelayer::rl::work::Work;
 use onelayer::rl::RunSettings;
@@ -117,11 +117,7 @@ impl BackendJob for Job {
                 }),
         );
         let (_, _, problems) = load_problems(&ls)?;
-        let (mut model, codec, _) = build_model(s, backend)?;
-        let layers = match &self.trained {
-            Some(p) => Some(apply_trained(&mut model, p)?),
-            None => None,
-        };
+        let (model, codec, layers) = self.model(s, backend)?;
         let r = evaluate(
             &model,
             codec.as_ref(),
@@ -136,19 +132,34 @@ impl BackendJob for Job {
             },
             self.a.seed,
         )?;
-        print_json(&json!({
-            "task": kind.name(),
-            "trained_layers": layers,
-            "problems": r.problems,
-            "samples": r.samples,
-            "accuracy": r.accuracy,
-            "pass_at_k": r.pass_at_k,
-        }));
+        report(kind.name(), layers, &r);
         Ok(())
     }
 }
 
+/// What `engine eval` prints.
+fn report(task: &str, layers: Option<Vec<usize>>, r: &EvalResult) {
+    print_json(&json!({
+        "task": task,
+        "trained_layers": layers,
+        "problems": r.problems,
+        "samples": r.samples,
+        "accuracy": r.accuracy,
+        "pass_at_k": r.pass_at_k,
+    }));
+}
+
 impl Job {
+    /// The model of `s` with `--trained`'s layers merged in (and which they are).
+    fn model<B: Backend>(&self, s: &RunSettings, backend: B) -> Result<EvalModel<B>> {
+        let (mut model, codec, _) = build_model(s, backend)?;
+        let layers = match &self.trained {
+            Some(p) => Some(apply_trained(&mut model, p)?),
+            None => None,
+        };
+        Ok((model, codec, layers))
+    }
+
     /// A multi-turn environment: the share of greedy episodes (held-out task ids,
     /// `--limit` of them, default 200) whose return reaches 1, as the run's eval.
     fn run_env<B: Backend>(self, backend: B) -> Result<()> {
@@ -159,11 +170,7 @@ impl Job {
         }
         let mut s = self.s.clone();
         s.eval_size = Some(self.a.limit.unwrap_or(200));
-        let (mut model, codec, _) = build_model(&s, backend)?;
-        let layers = match &self.trained {
-            Some(p) => Some(apply_trained(&mut model, p)?),
-            None => None,
-        };
+        let (model, codec, layers) = self.model(&s, backend)?;
         let mut work = Work::open(&s, codec.as_ref(), s.model.is_none())?;
         let r = work
             .evaluate(
@@ -175,14 +182,14 @@ impl Job {
                 0,
             )?
             .ok_or_else(|| Error::invalid("--limit must be at least 1"))?;
-        print_json(&json!({
-            "task": work.title(),
-            "trained_layers": layers,
-            "problems": r.problems,
-            "samples": r.samples,
-            "accuracy": r.accuracy,
-            "pass_at_k": r.pass_at_k,
-        }));
+        report(&work.title(), layers, &r);
         Ok(())
     }
 }
+
+/// A model, its codec, and the layers `--trained` replaced.
+type EvalModel<B> = (
+    onelayer::model::Model<B>,
+    Box<dyn onelayer::rl::TextCodec>,
+    Option<Vec<usize>>,
+);
