@@ -14,6 +14,9 @@ pub enum Device {
     Cuda(usize),
     /// The CUDA backend on the host emulator.
     Emu,
+    /// The CUDA backend on the counting device (`backend::cuda::meta`): no memory,
+    /// no kernels, everything counted; its capacity in bytes.
+    Meta(usize),
 }
 
 impl FromStr for Device {
@@ -21,7 +24,7 @@ impl FromStr for Device {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::invalid(format!(
-                "--device: unknown device '{s}' (auto, cpu, cuda, cuda:N, emu)"
+                "--device: unknown device '{s}' (auto, cpu, cuda, cuda:N, emu, meta, meta:SIZE)"
             ))
         };
         match s {
@@ -29,10 +32,18 @@ impl FromStr for Device {
             "cpu" => Ok(Device::Cpu),
             "cuda" | "gpu" => Ok(Device::Cuda(0)),
             "emu" => Ok(Device::Emu),
-            _ => match s.strip_prefix("cuda:") {
-                Some(n) => n.parse().map(Device::Cuda).map_err(|_| bad()),
-                None => Err(bad()),
-            },
+            "meta" => Ok(Device::Meta(crate::backend::cuda::meta::H100_80GB_BYTES)),
+            _ => {
+                if let Some(size) = s.strip_prefix("meta:") {
+                    return crate::backend::cuda::meta::parse_capacity(size)
+                        .map(Device::Meta)
+                        .map_err(|e| Error::invalid(format!("--device {s}: {e}")));
+                }
+                match s.strip_prefix("cuda:") {
+                    Some(n) => n.parse().map(Device::Cuda).map_err(|_| bad()),
+                    None => Err(bad()),
+                }
+            }
         }
     }
 }
@@ -60,7 +71,15 @@ mod tests {
         assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
         assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
         assert_eq!("emu".parse::<Device>().unwrap(), Device::Emu);
-        for bad in ["tpu", "cuda:", "cuda:x", ""] {
+        assert_eq!(
+            "meta".parse::<Device>().unwrap(),
+            Device::Meta(81_559 << 20)
+        );
+        assert_eq!(
+            "meta:141GiB".parse::<Device>().unwrap(),
+            Device::Meta(141 << 30)
+        );
+        for bad in ["tpu", "cuda:", "cuda:x", "", "meta:x"] {
             let e = bad.parse::<Device>().unwrap_err().to_string();
             assert!(e.contains("--device"), "{e}");
         }

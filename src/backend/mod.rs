@@ -8,6 +8,7 @@
 //! Buffers are flat; shapes travel as explicit dims (row-major, last index fastest),
 //! written in the doc comment of each op as `[rows, cols]`.
 
+pub mod accounting;
 pub mod cpu;
 pub mod cuda;
 
@@ -115,6 +116,18 @@ pub trait Backend: Send + Sync {
     /// A zeroed buffer kept in f32 even where activations are lower precision
     /// (logits, log-probs, losses).
     fn zeros_f32(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer of `len` elements whose contents are undefined, for an op that
+    /// writes all of it (`=` outputs): no memset on a GPU; the emulator fills it
+    /// with NaN so an element left unwritten shows.
+    fn empty(&self, len: usize) -> Result<Self::Buf> {
+        self.zeros(len)
+    }
+    /// `empty`, kept in f32 (see `zeros_f32`).
+    fn empty_f32(&self, len: usize) -> Result<Self::Buf> {
+        self.zeros_f32(len)
+    }
+    /// Set every element of `buf` to zero, in place (gradient accumulators).
+    fn fill_zero(&self, buf: &mut Self::Buf) -> Result<()>;
     fn len(&self, buf: &Self::Buf) -> usize;
     /// `len` values `lo + (hi - lo) * hash_uniform(seed, 0, i)` (random weights for
     /// benchmarks and tests; see `crate::sampling::hash_uniform`).
@@ -130,6 +143,23 @@ pub trait Backend: Send + Sync {
     fn memory_use(&self) -> Option<MemoryUse> {
         None
     }
+    /// Reserved, requested and per-purpose bytes (`accounting`), where counted.
+    fn memory_report(&self) -> Option<accounting::MemoryReport> {
+        None
+    }
+    /// What the device did so far (launches, allocations, copies, syncs), where
+    /// counted (the CUDA backend, on every device).
+    fn counts(&self) -> Option<accounting::DeviceCounts> {
+        None
+    }
+    /// The device's (free, total) memory in bytes, where known; free includes what
+    /// the backend's allocator holds cached.
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        None
+    }
+    /// Give memory the allocator caches back to the device: all of it, or the
+    /// blocks first allocated for `only` (generation releases its KV cache).
+    fn release_cached(&self, _only: Option<accounting::Purpose>) {}
 
     /// `out[t, :] = table[ids[t], :]`; out `[tokens, dim]`, table `[vocab, dim]`.
     fn embedding(

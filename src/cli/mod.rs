@@ -13,7 +13,7 @@ mod sweep;
 
 use clap::{Parser, Subcommand};
 use onelayer::backend::cpu::CpuBackend;
-use onelayer::backend::cuda::{emu::EmuDevice, gpu::GpuDevice, CudaBackend};
+use onelayer::backend::cuda::{emu::EmuDevice, gpu::GpuDevice, meta::MetaDevice, CudaBackend};
 use onelayer::backend::Backend;
 use onelayer::device::Device;
 use onelayer::model::Model;
@@ -83,7 +83,8 @@ pub struct ModelArgs {
     /// local directory in HF layout.
     #[arg(long)]
     pub model: String,
-    /// auto | cpu | cuda | cuda:N | emu (the CUDA kernels on the host emulator)
+    /// auto | cpu | cuda | cuda:N | emu (the CUDA kernels on the host emulator) |
+    /// meta[:SIZE] (the counting device: real shapes, nothing computed)
     #[arg(long, default_value = "auto")]
     pub device: String,
 }
@@ -140,6 +141,10 @@ pub fn with_backend<J: BackendJob>(device_flag: &str, job: J) -> Result<()> {
         Device::Emu => {
             let be = CudaBackend::new(Arc::new(EmuDevice::new()));
             announce(device, &be);
+            job.run(be)
+        }
+        Device::Meta(capacity) => {
+            let be = CudaBackend::new(Arc::new(MetaDevice::new(capacity)));
             job.run(be)
         }
     }

@@ -89,6 +89,11 @@ impl<T: Real> Backend for CpuBackend<T> {
         Ok(vec![T::zero(); len])
     }
 
+    fn fill_zero(&self, buf: &mut Vec<T>) -> Result<()> {
+        buf.iter_mut().for_each(|v| *v = T::zero());
+        Ok(())
+    }
+
     fn len(&self, buf: &Vec<T>) -> usize {
         buf.len()
     }

@@ -9,6 +9,8 @@ use super::attention_plan::{decode_splits, is_pure_decode, padded_head_dim, pref
 use super::buffers::{decode, encode, CudaBuf, CudaIdx, DType};
 use super::device::{Device, DevicePtr, GemmArgs, KernelArg};
 use super::launch::{grid_1d, int, launch, ptr, Launch};
+use super::pool::PoolDevice;
+use crate::backend::accounting::{DeviceCounts, MemoryReport, Purpose};
 use crate::backend::cpu::inv_freq;
 use crate::backend::{AttnDims, Backend, LossConfig, LossRows};
 use crate::sampling::SamplingParams;
@@ -21,6 +23,9 @@ use std::sync::{Arc, Mutex};
 const DECODE_TARGET_BLOCKS: usize = 264;
 
 pub struct CudaBackend {
+    /// The caching allocator and counter over the device (`pool.rs`); every launch,
+    /// copy and allocation goes through it.
+    pool: Arc<PoolDevice>,
     dev: Arc<dyn Device>,
     /// RoPE inverse frequencies per (head_dim, theta bits), computed on the host like
     /// the CPU reference and uploaded once.
@@ -29,16 +34,25 @@ pub struct CudaBackend {
 
 impl CudaBackend {
     pub fn new(dev: Arc<dyn Device>) -> Self {
+        let pool = Arc::new(PoolDevice::new(dev));
         CudaBackend {
-            dev,
+            dev: pool.clone(),
+            pool,
             inv_freq: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The device as the backend uses it (through the caching allocator).
     pub fn device(&self) -> &Arc<dyn Device> {
         &self.dev
     }
 
+    /// The caching allocator and its counts.
+    pub fn pool(&self) -> &Arc<PoolDevice> {
+        &self.pool
+    }
+
+    /// A zeroed buffer.
     pub(super) fn alloc(&self, len: usize, dtype: DType) -> Result<CudaBuf> {
         let buf = CudaBuf::alloc(&self.dev, len, dtype)?;
         self.dev.zero(buf.ptr(), buf.bytes())?;
@@ -120,6 +134,18 @@ impl Backend for CudaBackend {
         self.alloc(len, DType::F32)
     }
 
+    fn empty(&self, len: usize) -> Result<CudaBuf> {
+        CudaBuf::alloc(&self.dev, len, DType::Bf16)
+    }
+
+    fn empty_f32(&self, len: usize) -> Result<CudaBuf> {
+        CudaBuf::alloc(&self.dev, len, DType::F32)
+    }
+
+    fn fill_zero(&self, buf: &mut CudaBuf) -> Result<()> {
+        self.dev.zero(buf.ptr(), buf.bytes())
+    }
+
     fn len(&self, buf: &CudaBuf) -> usize {
         buf.len()
     }
@@ -172,6 +198,22 @@ impl Backend for CudaBackend {
 
     fn memory_use(&self) -> Option<crate::backend::MemoryUse> {
         Some(self.dev.memory_use())
+    }
+
+    fn memory_report(&self) -> Option<MemoryReport> {
+        Some(self.pool.memory_report())
+    }
+
+    fn counts(&self) -> Option<DeviceCounts> {
+        Some(self.pool.counts())
+    }
+
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        self.pool.memory_info()
+    }
+
+    fn release_cached(&self, only: Option<Purpose>) {
+        self.pool.release_cached(only)
     }
 
     fn embedding(

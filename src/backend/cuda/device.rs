@@ -284,6 +284,20 @@ pub trait Device: Send + Sync {
     /// Bytes of the allocations made through `alloc` that are live now, and the most
     /// that were live at once (`MemoryCounter`).
     fn memory_use(&self) -> MemoryUse;
+    /// The device's (free, total) memory in bytes, where it knows (`cuMemGetInfo`).
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        None
+    }
+    /// Fill `bytes` bytes at `p` with a value no kernel output should keep (the
+    /// emulator: NaN), when a cached block is handed out again. A no-op elsewhere.
+    fn poison(&self, _p: DevicePtr, _bytes: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Whether a caching allocator above should ask for exactly the bytes it needs
+    /// (the emulator: its guard zones then catch a write one past the end).
+    fn exact_sizes(&self) -> bool {
+        false
+    }
 }
 
 /// Live and peak bytes of a device's allocations: `alloc` adds, `free` subtracts.

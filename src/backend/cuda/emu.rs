@@ -305,6 +305,17 @@ impl Device for EmuDevice {
         Ok(())
     }
 
+    fn exact_sizes(&self) -> bool {
+        true
+    }
+
+    fn poison(&self, p: DevicePtr, bytes: usize) -> Result<()> {
+        let d = self.host_ptr(p, bytes, "poison")?;
+        // SAFETY: `d..d + bytes` lies inside a live allocation.
+        unsafe { std::ptr::write_bytes(d, POISON, bytes) };
+        Ok(())
+    }
+
     fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
         let d = self.host_ptr(dst, bytes, "copy destination")?;
         let s = self.host_ptr(src, bytes, "copy source")?;

@@ -407,6 +407,11 @@ impl Device for GpuDevice {
         self.memory.get()
     }
 
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        self.bind().ok()?;
+        cudarc::driver::result::mem_get_info().ok()
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
         self.stream

@@ -10,7 +10,9 @@ pub mod device;
 pub mod emu;
 pub mod gpu;
 mod launch;
+pub mod meta;
 pub mod nvrtc;
+pub mod pool;
 mod train_ops;
 
 pub use backend::CudaBackend;

@@ -11,6 +11,7 @@
 //! read, but its SASS loads fine. Compiled CUBINs are cached on disk (`cache`).
 
 pub mod cache;
+pub mod limits;
 pub mod ptxas;
 pub mod toolkit;
 
