@@ -12,6 +12,7 @@
 //! slot's own prefill would give (`prefill_sources` plans it; the tests compare
 //! with `share_prefill = false`).
 
+use crate::backend::accounting::Purpose;
 use crate::backend::Backend;
 use crate::model::{Model, TokenBatch};
 use crate::sampling::{stream, SamplingParams};
@@ -130,7 +131,7 @@ pub fn generate_with_stats<B: Backend>(
         // Gather the rows that pick the next token (the embedding op is a row gather).
         let h = model.cfg.hidden_size;
         let row_ids: Vec<u32> = last_rows.iter().map(|&(row, _)| row as u32).collect();
-        let mut rows = model.backend.zeros(row_ids.len() * h)?;
+        let mut rows = model.backend.empty(row_ids.len() * h)?;
         model.backend.embedding(
             &mut rows,
             &model.backend.upload_idx(&row_ids)?,
@@ -165,6 +166,10 @@ pub fn generate_with_stats<B: Backend>(
         if batch.is_empty() {
             stats.new_tokens = out.iter().map(Vec::len).sum();
             stats.decode_seconds = t0.elapsed().as_secs_f64() - stats.prefill_seconds;
+            // The KV cache goes back to the device, not to the allocator's cache:
+            // training needs the memory for other shapes.
+            drop(cache);
+            model.backend.release_cached(Some(Purpose::KvCache));
             return Ok((out, stats));
         }
         last_rows = next_rows;

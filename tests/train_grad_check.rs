@@ -73,6 +73,8 @@ fn train_config() -> TrainConfig {
         grad_clip: 0.0,
         ppo_epochs: 1,
         mini_batch: None,
+        micro_batch_tokens: None,
+        keep_prefix: true,
     }
 }
 

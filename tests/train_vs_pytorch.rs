@@ -164,7 +164,9 @@ impl Case {
             .collect()
     }
 
-    fn train_config(&self) -> TrainConfig {
+    /// With micro-batches of at most `micro` tokens (gradient accumulation), the
+    /// prefix kept or recomputed per pass.
+    fn train_config_split(&self, micro: Option<usize>, keep_prefix: bool) -> TrainConfig {
         let algo = match self.str("algo") {
             "grpo" => Algo::Grpo,
             "dr-grpo" => Algo::DrGrpo,
@@ -218,13 +220,24 @@ impl Case {
             grad_clip: self.f64("grad_clip") as f32,
             ppo_epochs: 1,
             mini_batch: None,
+            micro_batch_tokens: micro,
+            keep_prefix,
         }
     }
 
     fn trainer<B: Backend>(&self, backend: B) -> onelayer::Result<Trainer<B>> {
+        self.trainer_split(backend, None, true)
+    }
+
+    fn trainer_split<B: Backend>(
+        &self,
+        backend: B,
+        micro: Option<usize>,
+        keep_prefix: bool,
+    ) -> onelayer::Result<Trainer<B>> {
         let model = Model::load(&self.model_dir(), backend)?;
         let layers = self.layers(model.cfg.num_hidden_layers);
-        Trainer::new(model, &layers, self.train_config())
+        Trainer::new(model, &layers, self.train_config_split(micro, keep_prefix))
     }
 
     fn cpu_trainer(&self) -> Trainer<CpuBackend<f32>> {
@@ -369,6 +382,21 @@ fn loss_case(name: &str) {
     let loss = want(&exp, "loss", name).1[0] as f64;
     check_scalar(&format!("{name} loss"), stats.loss, loss, LOSS_TOL);
     check_grads(name, &case, &exp, &grads, &|_| GRAD_TOL);
+    // Micro-batches with gradient accumulation give the same loss and gradients:
+    // one sequence per pass (a budget below any sequence), about half the batch per
+    // pass, with the prefix kept and recomputed.
+    let tokens: usize = rollouts.iter().map(|r| r.len()).sum();
+    for (micro, keep) in [(1, true), (tokens / 2, false), (tokens / 2, true)] {
+        let what = format!("{name} micro-batches of {micro} tokens, keep_prefix {keep}");
+        let mut t = case
+            .trainer_split(CpuBackend::<f32>::new(), Some(micro), keep)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (s, g) = t
+            .loss_and_grads(&rollouts)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        check_scalar(&format!("{what} loss"), s.loss, loss, LOSS_TOL);
+        check_grads(&what, &case, &exp, &g, &|_| GRAD_TOL);
+    }
 }
 
 macro_rules! loss_tests {
@@ -585,23 +613,35 @@ fn qwen3_sgd_step_layer1() {
     eprintln!("{SGD_CASE}: {}", case.str("note"));
     let exp = case.expected();
     let rollouts = case.rollouts();
-    let mut trainer = case.cpu_trainer();
-    check_logp(&case, &exp, trainer.model(), &rollouts);
-    let stats = trainer.step(&rollouts).expect("step");
-    check_scalar(
-        "sgd loss",
-        stats.loss,
-        want(&exp, "loss", SGD_CASE).1[0] as f64,
-        LOSS_TOL,
-    );
-    let norm = want(&exp, "grad_norm", SGD_CASE).1[0] as f64;
-    check_scalar("sgd grad_norm", stats.grad_norm, norm, GRAD_TOL);
-    let before = params_before(&case);
-    let after = sgd_expected(&case, &before);
-    let got = trainer.trained_params().expect("trained_params");
-    check_params(
-        "sgd step", &case, &got, &after, &before, PARAM_TOL, GRAD_TOL, None,
-    );
+    // unsplit, and one sequence per pass (gradients accumulated)
+    for micro in [None, Some(1)] {
+        let mut trainer = case
+            .trainer_split(CpuBackend::<f32>::new(), micro, true)
+            .expect("trainer");
+        check_logp(&case, &exp, trainer.model(), &rollouts);
+        let stats = trainer.step(&rollouts).expect("step");
+        check_scalar(
+            "sgd loss",
+            stats.loss,
+            want(&exp, "loss", SGD_CASE).1[0] as f64,
+            LOSS_TOL,
+        );
+        let norm = want(&exp, "grad_norm", SGD_CASE).1[0] as f64;
+        check_scalar("sgd grad_norm", stats.grad_norm, norm, GRAD_TOL);
+        let before = params_before(&case);
+        let after = sgd_expected(&case, &before);
+        let got = trainer.trained_params().expect("trained_params");
+        check_params(
+            &format!("sgd step, micro-batches {micro:?}"),
+            &case,
+            &got,
+            &after,
+            &before,
+            PARAM_TOL,
+            GRAD_TOL,
+            None,
+        );
+    }
 }
 
 #[test]
@@ -824,8 +864,11 @@ fn cuda_backend_all_layers_and_two_layers_match_pytorch() {
         let exp = case.expected();
         let rollouts = case.rollouts();
         for (dev, be) in cuda_backends() {
-            let what = format!("{dev} {name}");
-            let mut trainer = case.trainer(be).unwrap_or_else(|e| panic!("{what}: {e}"));
+            // one sequence per pass, the prefix recomputed: the accumulation path
+            let what = format!("{dev} {name} (micro-batches of one sequence)");
+            let mut trainer = case
+                .trainer_split(be, Some(1), false)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
             let (stats, grads) = trainer
                 .loss_and_grads(&rollouts)
                 .unwrap_or_else(|e| panic!("{what}: {e}"));

@@ -56,22 +56,22 @@ impl<B: Backend> Model<B> {
             positions: be.upload_idx(&batch.positions)?,
         };
         let ids = be.upload_idx(&batch.ids)?;
-        let mut x = be.zeros(t * h)?;
+        let mut x = be.empty(t * h)?;
         be.embedding(&mut x, &ids, &self.weights.embed, t, h)?;
         if let Some(c) = capture.as_deref_mut() {
             c.push(be.download(&x)?);
         }
         let mut s = Scratch::<B> {
-            h: be.zeros(t * h)?,
-            q: be.zeros(t * cfg.q_dim())?,
-            k: be.zeros(t * cfg.kv_dim())?,
-            v: be.zeros(t * cfg.kv_dim())?,
-            k_normed: be.zeros(t * cfg.kv_dim())?,
-            attn: be.zeros(t * cfg.q_dim())?,
-            proj: be.zeros(t * h)?,
-            gate: be.zeros(t * i)?,
-            up: be.zeros(t * i)?,
-            act: be.zeros(t * i)?,
+            h: be.empty(t * h)?,
+            q: be.empty(t * cfg.q_dim())?,
+            k: be.empty(t * cfg.kv_dim())?,
+            v: be.empty(t * cfg.kv_dim())?,
+            k_normed: be.empty(t * cfg.kv_dim())?,
+            attn: be.empty(t * cfg.q_dim())?,
+            proj: be.empty(t * h)?,
+            gate: be.empty(t * i)?,
+            up: be.empty(t * i)?,
+            act: be.empty(t * i)?,
         };
         let dims = cache.dims(cfg, t);
         for (l, layer) in self.weights.layers.iter().enumerate() {
@@ -81,7 +81,7 @@ impl<B: Backend> Model<B> {
             }
         }
         cache.lens = new_lens;
-        let mut out = be.zeros(t * h)?;
+        let mut out = be.empty(t * h)?;
         be.rmsnorm(
             &mut out,
             &x,

@@ -3,6 +3,7 @@
 //! `LOGIT_CHUNK_ELEMS` logits exist at a time (Qwen's vocabulary is 151,936).
 
 use super::{Model, TokenBatch};
+use crate::backend::accounting::{purpose, Purpose};
 use crate::backend::Backend;
 use crate::{Error, Result};
 
@@ -24,7 +25,8 @@ impl<B: Backend> Model<B> {
     /// Logits `[rows, vocab]` (f32) of `rows` final hidden states, left on the device.
     pub fn logits_on_device(&self, hidden: &B::Buf, rows: usize) -> Result<B::Buf> {
         let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        let mut logits = self.backend.zeros_f32(rows * v)?;
+        let _l = purpose(Purpose::Logits);
+        let mut logits = self.backend.empty_f32(rows * v)?;
         self.backend
             .linear(&mut logits, hidden, self.weights.head(), None, rows, v, h)?;
         Ok(logits)
@@ -39,7 +41,7 @@ impl<B: Backend> Model<B> {
             let x = self.backend.slice(hidden, r0 * h, n * h)?;
             let logits = self.logits_on_device(&x, n)?;
             let tgt = self.backend.upload_idx(&targets[r0..r0 + n])?;
-            let mut lp = self.backend.zeros_f32(n)?;
+            let mut lp = self.backend.empty_f32(n)?;
             self.backend.logprob_gather(&mut lp, &logits, &tgt, n, v)?;
             out.extend(self.backend.download(&lp)?);
         }

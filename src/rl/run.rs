@@ -89,6 +89,8 @@ pub fn train_config(s: &RunSettings) -> Result<TrainConfig> {
         grad_clip: s.grad_clip.unwrap_or(1.0),
         ppo_epochs: s.ppo_epochs.unwrap_or(1),
         mini_batch: s.mini_batch,
+        micro_batch_tokens: s.micro_batch_tokens,
+        keep_prefix: true,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -179,6 +181,15 @@ pub fn run_rl<B: Backend>(
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     let cfg_path = out.join("config.toml");
     std::fs::write(&cfg_path, s.to_toml()).map_err(|e| Error::file(&cfg_path, e))?;
+    let mut train_cfg = train_cfg;
+    if train_cfg.micro_batch_tokens.is_none() {
+        let adamw = matches!(train_cfg.optimizer, crate::train::Optimizer::AdamW(_));
+        let input = crate::train::run_plan_input(per_step, group, max_new, adamw);
+        let memory = model.backend.memory_info();
+        train_cfg.micro_batch_tokens = Some(crate::train::choose_micro_batch_tokens(
+            &model.cfg, &layers, input, memory,
+        ));
+    }
     let mut trainer = Trainer::new(model, &layers, train_cfg)?;
     trainer.set_temperature(sampling.temperature)?;
     let mut start = 0;

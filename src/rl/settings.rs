@@ -38,6 +38,9 @@ pub struct RunSettings {
     pub grad_clip: Option<f32>,
     pub ppo_epochs: Option<usize>,
     pub mini_batch: Option<usize>,
+    /// Tokens per forward/backward pass (gradient accumulation over micro-batches);
+    /// unset: chosen from the memory plan on a GPU, 16,384 elsewhere.
+    pub micro_batch_tokens: Option<usize>,
     pub clip_low: Option<f64>,
     pub clip_high: Option<f64>,
     pub clip_c: Option<f64>,
@@ -106,6 +109,7 @@ impl RunSettings {
             grad_clip,
             ppo_epochs,
             mini_batch,
+            micro_batch_tokens,
             clip_low,
             clip_high,
             clip_c,

@@ -40,6 +40,12 @@ pub struct TrainConfig {
     pub ppo_epochs: usize,
     /// Records per optimizer update (`None`: all of them, one update per epoch).
     pub mini_batch: Option<usize>,
+    /// Tokens per forward/backward pass: each update runs as micro-batches of at
+    /// most this many tokens with gradients accumulated (`None`: one pass).
+    pub micro_batch_tokens: Option<usize>,
+    /// Keep the hidden state entering the lowest trained layer for the whole step
+    /// (else recompute the frozen prefix in every pass that needs it).
+    pub keep_prefix: bool,
 }
 
 impl Default for TrainConfig {
@@ -53,6 +59,8 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             ppo_epochs: 1,
             mini_batch: None,
+            micro_batch_tokens: None,
+            keep_prefix: true,
         }
     }
 }
@@ -73,6 +81,9 @@ impl TrainConfig {
         }
         if self.mini_batch == Some(0) {
             return bad("--mini-batch must be at least 1".into());
+        }
+        if self.micro_batch_tokens == Some(0) {
+            return bad("--micro-batch-tokens must be at least 1".into());
         }
         if self.max_new_tokens == 0 {
             return bad("--max-new-tokens must be at least 1".into());

@@ -5,6 +5,7 @@
 //! `LOGIT_CHUNK_ELEMS` logits exist at a time; nothing flows into the frozen head.
 
 use super::pack::Packed;
+use crate::backend::accounting::{purpose, Purpose};
 use crate::backend::{stat, Backend, LossConfig, LossRows};
 use crate::model::score::chunks;
 use crate::model::Model;
@@ -21,6 +22,7 @@ pub fn tempered_norm<B: Backend>(model: &Model<B>, temperature: f32) -> Result<O
     }
     let w = model.backend.download(&model.weights.norm)?;
     let scaled: Vec<f32> = w.iter().map(|v| v / temperature).collect();
+    let _w = purpose(Purpose::Weights);
     Ok(Some(model.backend.upload(&scaled)?))
 }
 
@@ -28,7 +30,7 @@ pub fn tempered_norm<B: Backend>(model: &Model<B>, temperature: f32) -> Result<O
 /// norm or its tempered copy).
 fn final_norm<B: Backend>(model: &Model<B>, norm: &B::Buf, x: &B::Buf, t: usize) -> Result<B::Buf> {
     let h = model.cfg.hidden_size;
-    let mut out = model.backend.zeros(t * h)?;
+    let mut out = model.backend.empty(t * h)?;
     model
         .backend
         .rmsnorm(&mut out, x, norm, t, h, model.cfg.rms_norm_eps as f32)?;
@@ -50,11 +52,11 @@ pub fn row_logprobs<B: Backend>(
     let mut out = Vec::with_capacity(p.rows.len());
     for (r0, n) in chunks(p.rows.len(), v) {
         let rows = be.upload_idx(&p.rows[r0..r0 + n])?;
-        let mut hc = be.zeros(n * h)?;
+        let mut hc = be.empty(n * h)?;
         be.embedding(&mut hc, &rows, &normed, n, h)?;
         let logits = model.logits_on_device(&hc, n)?;
         let tgt = be.upload_idx(&p.targets[r0..r0 + n])?;
-        let mut lp = be.zeros_f32(n)?;
+        let mut lp = be.empty_f32(n)?;
         be.logprob_gather(&mut lp, &logits, &tgt, n, v)?;
         out.extend(be.download(&lp)?);
     }
@@ -88,7 +90,7 @@ pub fn loss_backward<B: Backend>(
     for (r0, n) in chunks(p.rows.len(), v) {
         let r = r0..r0 + n;
         let rows = be.upload_idx(&p.rows[r.clone()])?;
-        let mut hc = be.zeros(n * h)?;
+        let mut hc = be.empty(n * h)?;
         be.embedding(&mut hc, &rows, &normed, n, h)?;
         let logits = model.logits_on_device(&hc, n)?;
         let ref_host: Vec<f32> = p.ref_logp[r.clone()]
@@ -111,16 +113,19 @@ pub fn loss_backward<B: Backend>(
             adv: &adv,
             weight: &weight,
         };
-        let mut dlogits = be.zeros(n * v)?;
-        let mut st = be.zeros_f32(n * stat::STATS)?;
+        let mut dlogits = {
+            let _l = purpose(Purpose::Logits);
+            be.empty(n * v)?
+        };
+        let mut st = be.empty_f32(n * stat::STATS)?;
         be.token_loss_backward(&mut dlogits, &mut st, &logits, &loss_rows, n, v, cfg)?;
         drop(logits);
         stats.extend(be.download_f64(&st)?);
-        let mut dh = be.zeros(n * h)?;
+        let mut dh = be.empty(n * h)?;
         be.linear_backward_input(&mut dh, &dlogits, model.weights.head(), n, v, h, false)?;
         be.scatter_rows(&mut dnormed, &dh, &rows, n, h)?;
     }
-    let mut dx = be.zeros(t * h)?;
+    let mut dx = be.empty(t * h)?;
     be.rmsnorm_backward(
         &mut dx,
         None,

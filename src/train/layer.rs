@@ -73,15 +73,15 @@ pub fn forward_saved<B: Backend>(
     let eps = cfg.rms_norm_eps as f32;
     let theta = cfg.rope_theta as f32;
 
-    let mut h1 = be.zeros(t * h)?;
+    let mut h1 = be.empty(t * h)?;
     be.rmsnorm(&mut h1, x, &w.input_norm, t, h, eps)?;
-    let mut q0 = be.zeros(t * qd)?;
-    let mut k0 = be.zeros(t * kvd)?;
-    let mut v = be.zeros(t * kvd)?;
+    let mut q0 = be.empty(t * qd)?;
+    let mut k0 = be.empty(t * kvd)?;
+    let mut v = be.empty(t * kvd)?;
     be.linear(&mut q0, &h1, &w.q_proj, w.q_bias.as_ref(), t, qd, h)?;
     be.linear(&mut k0, &h1, &w.k_proj, w.k_bias.as_ref(), t, kvd, h)?;
     be.linear(&mut v, &h1, &w.v_proj, w.v_bias.as_ref(), t, kvd, h)?;
-    let (mut q2, mut k2) = (be.zeros(t * qd)?, be.zeros(t * kvd)?);
+    let (mut q2, mut k2) = (be.empty(t * qd)?, be.empty(t * kvd)?);
     match (&w.q_norm, &w.k_norm) {
         (Some(qn), Some(kn)) => {
             be.rmsnorm(&mut q2, &q0, qn, t * d.heads, hd, eps)?;
@@ -98,8 +98,8 @@ pub fn forward_saved<B: Backend>(
     let mut v_cache = be.zeros(d.cache_len())?;
     be.kv_write(&mut k_cache, &k2, &idx.slots, &idx.positions, d)?;
     be.kv_write(&mut v_cache, &v, &idx.slots, &idx.positions, d)?;
-    let mut a = be.zeros(t * qd)?;
-    let mut lse = be.zeros_f32(t * d.heads)?;
+    let mut a = be.empty(t * qd)?;
+    let mut lse = be.empty_f32(t * d.heads)?;
     let scale = (hd as f32).powf(-0.5);
     be.attention_saved(
         &mut a,
@@ -112,16 +112,16 @@ pub fn forward_saved<B: Backend>(
         d,
         scale,
     )?;
-    let mut x2 = be.zeros(t * h)?;
+    let mut x2 = be.empty(t * h)?;
     be.linear(&mut x2, &a, &w.o_proj, w.o_bias.as_ref(), t, h, qd)?;
     be.add_assign(&mut x2, x)?;
-    let mut h2 = be.zeros(t * h)?;
+    let mut h2 = be.empty(t * h)?;
     be.rmsnorm(&mut h2, &x2, &w.post_norm, t, h, eps)?;
-    let (mut g, mut u, mut s) = (be.zeros(t * i)?, be.zeros(t * i)?, be.zeros(t * i)?);
+    let (mut g, mut u, mut s) = (be.empty(t * i)?, be.empty(t * i)?, be.empty(t * i)?);
     be.linear(&mut g, &h2, &w.gate_proj, None, t, i, h)?;
     be.linear(&mut u, &h2, &w.up_proj, None, t, i, h)?;
     be.swiglu(&mut s, &g, &u, t * i)?;
-    let mut y = be.zeros(t * h)?;
+    let mut y = be.empty(t * h)?;
     be.linear(&mut y, &s, &w.down_proj, None, t, h, i)?;
     be.add_assign(&mut y, &x2)?;
     let acts = LayerActs {
@@ -166,15 +166,15 @@ pub fn backward<B: Backend>(
     let a = acts;
 
     // MLP.
-    let mut ds = be.zeros(t * i)?;
+    let mut ds = be.empty(t * i)?;
     be.linear_backward_input(&mut ds, dy, &w.down_proj, t, h, i, false)?;
     if let Some(gr) = grads.as_deref_mut() {
         be.linear_backward_weight(&mut gr.down_proj, None, dy, &a.s, t, h, i)?;
     }
-    let (mut dg, mut du) = (be.zeros(t * i)?, be.zeros(t * i)?);
+    let (mut dg, mut du) = (be.empty(t * i)?, be.empty(t * i)?);
     be.swiglu_backward(&mut dg, &mut du, &ds, &a.g, &a.u, t * i)?;
     drop(ds);
-    let mut dh2 = be.zeros(t * h)?;
+    let mut dh2 = be.empty(t * h)?;
     be.linear_backward_input(&mut dh2, &dg, &w.gate_proj, t, i, h, false)?;
     be.linear_backward_input(&mut dh2, &du, &w.up_proj, t, i, h, true)?;
     if let Some(gr) = grads.as_deref_mut() {
@@ -182,7 +182,7 @@ pub fn backward<B: Backend>(
         be.linear_backward_weight(&mut gr.up_proj, None, &du, &a.h2, t, i, h)?;
     }
     drop((dg, du));
-    let mut dx2 = be.zeros(t * h)?;
+    let mut dx2 = be.empty(t * h)?;
     be.rmsnorm_backward(
         &mut dx2,
         grads.as_deref_mut().map(|g| &mut g.post_norm),
@@ -196,12 +196,12 @@ pub fn backward<B: Backend>(
     be.add_assign(&mut dx2, dy)?;
 
     // Attention.
-    let mut da = be.zeros(t * qd)?;
+    let mut da = be.empty(t * qd)?;
     be.linear_backward_input(&mut da, &dx2, &w.o_proj, t, h, qd, false)?;
     if let Some(gr) = grads.as_deref_mut() {
         be.linear_backward_weight(&mut gr.o_proj, gr.o_bias.as_mut(), &dx2, &a.a, t, h, qd)?;
     }
-    let mut dq = be.zeros(t * qd)?;
+    let mut dq = be.empty(t * qd)?;
     let mut dk_cache = be.zeros(d.cache_len())?;
     let mut dv_cache = be.zeros(d.cache_len())?;
     let scale = (hd as f32).powf(-0.5);
@@ -221,7 +221,7 @@ pub fn backward<B: Backend>(
         scale,
     )?;
     drop(da);
-    let (mut dk, mut dv) = (be.zeros(t * kvd)?, be.zeros(t * kvd)?);
+    let (mut dk, mut dv) = (be.empty(t * kvd)?, be.empty(t * kvd)?);
     be.kv_gather(&mut dk, &dk_cache, &idx.slots, &idx.positions, d)?;
     be.kv_gather(&mut dv, &dv_cache, &idx.slots, &idx.positions, d)?;
     drop((dk_cache, dv_cache));
@@ -229,7 +229,7 @@ pub fn backward<B: Backend>(
     be.rope_backward(&mut dk, &idx.positions, t, d.kv_heads, hd, theta)?;
     let (dq0, dk0) = match (&w.q_norm, &w.k_norm) {
         (Some(qn), Some(kn)) => {
-            let (mut dq0, mut dk0) = (be.zeros(t * qd)?, be.zeros(t * kvd)?);
+            let (mut dq0, mut dk0) = (be.empty(t * qd)?, be.empty(t * kvd)?);
             let (gq, gk) = match grads.as_deref_mut() {
                 Some(gr) => (gr.q_norm.as_mut(), gr.k_norm.as_mut()),
                 None => (None, None),
@@ -249,11 +249,11 @@ pub fn backward<B: Backend>(
     if !need_dx && !trained_input_norm {
         return Ok(None);
     }
-    let mut dh1 = be.zeros(t * h)?;
+    let mut dh1 = be.empty(t * h)?;
     be.linear_backward_input(&mut dh1, &dq0, &w.q_proj, t, qd, h, false)?;
     be.linear_backward_input(&mut dh1, &dk0, &w.k_proj, t, kvd, h, true)?;
     be.linear_backward_input(&mut dh1, &dv, &w.v_proj, t, kvd, h, true)?;
-    let mut dx = be.zeros(t * h)?;
+    let mut dx = be.empty(t * h)?;
     be.rmsnorm_backward(
         &mut dx,
         grads.map(|g| &mut g.input_norm),

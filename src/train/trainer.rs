@@ -18,6 +18,7 @@
 use super::layer::{self, PackedIdx};
 use super::pack::Packed;
 use super::{advantages, Optimizer, Rollout, TrainConfig, TrainLayers};
+use crate::backend::accounting::{purpose, Purpose};
 use crate::backend::{cpu::loss::kl_term, stat, Backend};
 use crate::model::{layer_param_specs, LayerWeights, Model};
 use crate::{Error, Result};
@@ -62,12 +63,19 @@ pub struct StepStats {
     pub skipped: usize,
 }
 
-/// A prepared mini-batch: packed, with its old log-probs and the hidden state that
-/// enters the lowest trained layer.
+/// One forward/backward pass of a mini-batch: its sequences packed, and the hidden
+/// state entering the lowest trained layer when the step keeps it.
+struct Micro<B: Backend> {
+    pack: Packed,
+    x_lo: Option<B::Buf>,
+}
+
+/// A prepared mini-batch (one optimizer update): the whole batch packed on the host
+/// (its loss weights are the update's), its old log-probs, and its micro-batches.
 struct Prepared<B: Backend> {
     pack: Packed,
     old_logp: Vec<f32>,
-    x_lo: B::Buf,
+    micro: Vec<Micro<B>>,
 }
 
 pub struct Trainer<B: Backend> {
@@ -92,10 +100,20 @@ impl<B: Backend> Trainer<B> {
             )));
         }
         let be = &model.backend;
+        let _state = purpose(Purpose::TrainedState);
         let mut trained = Vec::with_capacity(layers.len());
         for &l in &layers {
             let w = &model.weights.layers[l];
-            let master = w.try_map(|_, b| be.upload_f32(&be.download(b)?))?;
+            // The master copy from the checkpoint's own values (an f32 checkpoint
+            // trained zero steps comes back bit for bit), not the bf16 device copy.
+            let prefix = format!("model.layers.{l}.");
+            let values: std::collections::HashMap<String, Vec<f32>> =
+                layer_param_specs(&model.cfg, l)
+                    .into_iter()
+                    .map(|s| s.name[prefix.len()..].to_string())
+                    .zip(model.layer_values(l)?)
+                    .collect();
+            let master = w.try_map(|name, _| be.upload_f32(&values[name]))?;
             let grads = w.try_map(|_, b| be.zeros_f32(be.len(b)))?;
             let adam = match cfg.optimizer {
                 Optimizer::AdamW(_) => Some((
@@ -303,8 +321,9 @@ impl<B: Backend> Trainer<B> {
         Ok(())
     }
 
-    /// Pack the mini-batches, run the prefix once per mini-batch, and fill in the
-    /// old log-probs the rollouts do not carry.
+    /// Pack the mini-batches and their micro-batches, run the prefix once per
+    /// micro-batch (kept for the step when `keep_prefix`), and fill in the old
+    /// log-probs the rollouts do not carry.
     fn prepare(&self, rollouts: &[Rollout]) -> Result<Vec<Prepared<B>>> {
         if rollouts.is_empty() {
             return Err(Error::invalid("no rollouts to train on"));
@@ -318,24 +337,37 @@ impl<B: Backend> Trainer<B> {
             let records: Vec<&Rollout> = chunk.iter().map(|&i| &rollouts[i]).collect();
             let a: Vec<f64> = chunk.iter().map(|&i| adv[i]).collect();
             let pack = Packed::new(&records, &a, self.cfg.loss_agg, self.cfg.max_new_tokens);
-            let idx = PackedIdx::new(&self.model.backend, &pack, &self.model)?;
-            let x_lo = self.run_layers(self.embed(&pack)?, 0..self.lo(), &idx)?;
-            let old_logp = if pack.old_logp.iter().all(Option::is_some) {
-                pack.old_logp.iter().map(|v| v.unwrap_or(0.0)).collect()
-            } else {
-                let x_top = self.run_layers_ref(&x_lo, self.lo()..self.n_layers(), &idx)?;
-                let current =
-                    super::head::row_logprobs(&self.model, self.head_norm.as_ref(), &x_top, &pack)?;
-                pack.old_logp
-                    .iter()
-                    .zip(current)
-                    .map(|(o, c)| o.unwrap_or(c))
-                    .collect()
-            };
+            let mut micro = Vec::new();
+            let mut old_logp = Vec::with_capacity(pack.rows.len());
+            for seqs in pack.split_by_tokens(self.cfg.micro_batch_tokens) {
+                let mp = pack.micro(seqs);
+                let idx = PackedIdx::new(&self.model.backend, &mp, &self.model)?;
+                let need_old = mp.old_logp.iter().any(Option::is_none);
+                let x_lo = if self.cfg.keep_prefix || need_old {
+                    Some(self.prefix(&mp, &idx)?)
+                } else {
+                    None
+                };
+                if need_old {
+                    let x = x_lo.as_ref().expect("computed above");
+                    let x_top = self.run_layers_ref(x, self.lo()..self.n_layers(), &idx)?;
+                    let current = super::head::row_logprobs(
+                        &self.model,
+                        self.head_norm.as_ref(),
+                        &x_top,
+                        &mp,
+                    )?;
+                    old_logp.extend(mp.old_logp.iter().zip(current).map(|(o, c)| o.unwrap_or(c)));
+                } else {
+                    old_logp.extend(mp.old_logp.iter().map(|v| v.unwrap_or(0.0)));
+                }
+                let x_lo = if self.cfg.keep_prefix { x_lo } else { None };
+                micro.push(Micro { pack: mp, x_lo });
+            }
             out.push(Prepared {
                 pack,
                 old_logp,
-                x_lo,
+                micro,
             });
         }
         Ok(out)
@@ -345,11 +377,22 @@ impl<B: Backend> Trainer<B> {
         self.model.cfg.num_hidden_layers
     }
 
+    /// The hidden state entering layer `lo` (the embedding, then the frozen prefix),
+    /// in a buffer booked as the prefix cache.
+    fn prefix(&self, p: &Packed, idx: &PackedIdx<B>) -> Result<B::Buf> {
+        let be = &self.model.backend;
+        let x = self.run_layers(self.embed(p)?, 0..self.lo(), idx)?;
+        let _p = purpose(Purpose::PrefixCache);
+        let mut kept = be.empty(be.len(&x))?;
+        be.copy_convert(&mut kept, &x)?;
+        Ok(kept)
+    }
+
     fn embed(&self, p: &Packed) -> Result<B::Buf> {
         let be = &self.model.backend;
         let h = self.model.cfg.hidden_size;
         let ids = be.upload_idx(&p.ids)?;
-        let mut x = be.zeros(p.tokens() * h)?;
+        let mut x = be.empty(p.tokens() * h)?;
         be.embedding(&mut x, &ids, &self.model.weights.embed, p.tokens(), h)?;
         Ok(x)
     }
@@ -376,7 +419,7 @@ impl<B: Backend> Trainer<B> {
         match layers.next() {
             None => {
                 let be = &self.model.backend;
-                let mut y = be.zeros(be.len(x))?;
+                let mut y = be.empty(be.len(x))?;
                 be.copy_convert(&mut y, x)?;
                 Ok(y)
             }
@@ -387,21 +430,50 @@ impl<B: Backend> Trainer<B> {
         }
     }
 
-    /// Zero the gradients and compute them for one mini-batch; returns the loss and
-    /// the per-row stats.
+    /// Zero the gradients and accumulate them over the mini-batch's micro-batches;
+    /// returns the loss and the per-row stats (in the mini-batch's row order).
     fn gradients(&mut self, mb: &Prepared<B>) -> Result<(f64, Vec<f64>)> {
-        let be = &self.model.backend;
-        for tl in &mut self.trained {
-            tl.grads = tl.master.try_map(|_, b| be.zeros_f32(be.len(b)))?;
+        {
+            let be = &self.model.backend;
+            for tl in &mut self.trained {
+                for (_, g) in tl.grads.tensors_mut() {
+                    be.fill_zero(g)?;
+                }
+            }
         }
+        let mut loss = 0.0;
+        let mut stats = Vec::with_capacity(mb.pack.rows.len() * stat::STATS);
+        let mut row = 0;
+        for m in &mb.micro {
+            let n = m.pack.rows.len();
+            let old = &mb.old_logp[row..row + n];
+            let (l, st) = self.micro_gradients(m, old)?;
+            loss += l;
+            stats.extend(st);
+            row += n;
+        }
+        Ok((loss, stats))
+    }
+
+    /// Add one micro-batch's gradients; returns its share of the loss and its stats.
+    fn micro_gradients(&mut self, m: &Micro<B>, old_logp: &[f32]) -> Result<(f64, Vec<f64>)> {
         let model = &self.model;
-        let idx = PackedIdx::new(be, &mb.pack, model)?;
+        let be = &model.backend;
+        let idx = PackedIdx::new(be, &m.pack, model)?;
+        let recomputed;
+        let x_lo = match &m.x_lo {
+            Some(x) => x,
+            None => {
+                recomputed = self.prefix(&m.pack, &idx)?;
+                &recomputed
+            }
+        };
         let (lo, n) = (self.layers[0], model.cfg.num_hidden_layers);
         // Forward through the window and the suffix, keeping each layer's output
         // (= the next layer's input) only.
         let mut outs: Vec<B::Buf> = Vec::with_capacity(n - lo);
         for l in lo..n {
-            let input = if l == lo { &mb.x_lo } else { &outs[l - lo - 1] };
+            let input = if l == lo { x_lo } else { &outs[l - lo - 1] };
             let y = layer::forward_saved(model, l, input, &idx)?.0;
             outs.push(y);
         }
@@ -410,19 +482,19 @@ impl<B: Backend> Trainer<B> {
             model,
             self.head_norm.as_ref(),
             &top,
-            &mb.pack,
-            &mb.old_logp,
+            &m.pack,
+            old_logp,
             &self.cfg.loss,
         )?;
         drop(top);
         let ec = self.cfg.loss.entropy_coef;
         let loss: f64 = stats
             .chunks(stat::STATS)
-            .zip(&mb.pack.weight)
+            .zip(&m.pack.weight)
             .map(|(s, &w)| w as f64 * (s[stat::LOSS] - ec * s[stat::ENTROPY]))
             .sum();
         for l in (lo..n).rev() {
-            let input = if l == lo { &mb.x_lo } else { &outs[l - lo - 1] };
+            let input = if l == lo { x_lo } else { &outs[l - lo - 1] };
             let (_, acts) = layer::forward_saved(model, l, input, &idx)?;
             let grads = self
                 .trained
