@@ -61,9 +61,13 @@ fn state_exists_for_trained_layers_only() {
             &cfg,
             &layers,
             PlanInput {
-                batch: 1,
-                seq: 8,
-                rollout_batch: 1,
+                rollout_seqs: 1,
+                distinct_prompts: 1,
+                prompt_len: 4,
+                max_new_tokens: 4,
+                micro_batch_tokens: 8,
+                keep_prefix: true,
+                adamw: true,
             },
         );
         assert_eq!(

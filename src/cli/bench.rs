@@ -19,13 +19,18 @@
 //! (`getrusage`), saying which; and the `engine plan` total of the same run.
 
 use super::{print_json, with_backend, BackendJob};
+use onelayer::backend::accounting::DeviceCounts;
 use onelayer::backend::Backend;
 use onelayer::config::{builtin, builtin_names, ModelConfig};
 use onelayer::generate::{generate_with_stats, GenerateParams};
 use onelayer::model::{KvCache, Model, TokenBatch};
 use onelayer::resolve::resolve_model;
 use onelayer::sampling::{mix64, SamplingParams};
-use onelayer::train::{MemoryPlan, PlanInput, Rollout, TrainConfig, TrainLayers, Trainer};
+use onelayer::train::plan::CPU_MICRO_BATCH_TOKENS;
+use onelayer::train::{
+    default_micro_batch_tokens, preflight, MemoryPlan, PlanInput, Rollout, TrainConfig,
+    TrainLayers, Trainer,
+};
 use onelayer::{Error, Result};
 use serde_json::json;
 use std::time::Instant;
@@ -104,6 +109,14 @@ pub struct RlArgs {
     /// within a group; same tokens, for measuring the difference).
     #[arg(long)]
     pub no_shared_prefill: bool,
+    /// Tokens per training pass (default: the largest the device's memory plan
+    /// allows; 16,384 on the CPU).
+    #[arg(long)]
+    pub micro_batch_tokens: Option<usize>,
+    /// RL steps to run; the report is of the last (the first allocates the
+    /// training working set).
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -264,6 +277,8 @@ fn run_rl(a: RlArgs) -> Result<()> {
         ("--group-size", a.group_size),
         ("--prompt-len", a.prompt_len),
         ("--max-new-tokens", a.max_new_tokens),
+        ("--steps", a.steps),
+        ("--micro-batch-tokens", a.micro_batch_tokens.unwrap_or(1)),
     ];
     if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
         return Err(Error::invalid(format!("{flag} must be at least 1")));
@@ -297,12 +312,102 @@ fn max_rss_bytes() -> Option<u64> {
     })
 }
 
+/// The configuration `--model` or `--shape` names, before anything is allocated.
+fn model_config(model: Option<&str>, shape: &str) -> Result<ModelConfig> {
+    match model {
+        Some(m) => ModelConfig::from_file(&resolve_model(m)?.join("config.json")),
+        None => builtin(shape).ok_or_else(|| {
+            Error::invalid(format!(
+                "--shape: unknown shape '{shape}' (one of {})",
+                builtin_names().join(", ")
+            ))
+        }),
+    }
+}
+
+/// What one RL step measured.
+struct StepReport {
+    rollout_s: f64,
+    gen: onelayer::generate::GenerateStats,
+    train_s: f64,
+    stats: onelayer::train::StepStats,
+    rollout_counts: Option<DeviceCounts>,
+    train_counts: Option<DeviceCounts>,
+}
+
+/// One RL step as `engine run` does it: P random prompts x G samples through
+/// `generate`, synthetic rewards, `Trainer::step`.
+fn rl_step<B: Backend>(trainer: &mut Trainer<B>, a: &RlArgs, step: usize) -> Result<StepReport> {
+    let cfg = trainer.model().cfg.clone();
+    let (p, g) = (a.prompts_per_step, a.group_size);
+    let vocab = cfg.vocab_size as u64;
+    let seed = a.seed ^ mix64(step as u64);
+    let prompts: Vec<Vec<u32>> = (0..p)
+        .map(|i| {
+            (0..a.prompt_len)
+                .map(|j| (mix64(seed ^ mix64((i * a.prompt_len + j) as u64)) % vocab) as u32)
+                .collect()
+        })
+        .collect();
+    let batch: Vec<Vec<u32>> = prompts
+        .iter()
+        .flat_map(|q| std::iter::repeat_n(q.clone(), g))
+        .collect();
+    let params = GenerateParams {
+        max_new_tokens: a.max_new_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            ..SamplingParams::default()
+        },
+        seed,
+        stop_ids: vec![],
+    };
+    let be = &trainer.model().backend;
+    let c0 = be.counts();
+    let t = Instant::now();
+    let (completions, gen) =
+        generate_with_stats(trainer.model(), &batch, &params, !a.no_shared_prefill)?;
+    be.synchronize()?;
+    let rollout_s = t.elapsed().as_secs_f64();
+    let c1 = be.counts();
+    let rollouts: Vec<Rollout> = completions
+        .into_iter()
+        .enumerate()
+        .map(|(i, ids)| Rollout {
+            group: format!("p{}", i / g),
+            prompt_ids: batch[i].clone(),
+            reward: synthetic_reward(seed ^ i as u64, &ids),
+            completion_ids: ids,
+            old_logprobs: None,
+            ref_logprobs: None,
+            advantage: None,
+        })
+        .collect();
+    let t = Instant::now();
+    let stats = trainer.step(&rollouts)?;
+    let be = &trainer.model().backend;
+    be.synchronize()?;
+    let train_s = t.elapsed().as_secs_f64();
+    let c2 = be.counts();
+    let since = |a: &Option<DeviceCounts>, b: &Option<DeviceCounts>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.since(a)),
+        _ => None,
+    };
+    Ok(StepReport {
+        rollout_s,
+        gen,
+        train_s,
+        stats,
+        rollout_counts: since(&c0, &c1),
+        train_counts: since(&c1, &c2),
+    })
+}
+
 impl BackendJob for RlArgs {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
         let a = self;
         let t0 = Instant::now();
-        let model = load_model(a.model.as_deref(), &a.shape, a.seed, backend)?;
-        let cfg = model.cfg.clone();
+        let cfg = model_config(a.model.as_deref(), &a.shape)?;
         let n_layers = cfg.num_hidden_layers;
         let spec = a
             .train_layer
@@ -310,9 +415,30 @@ impl BackendJob for RlArgs {
             .unwrap_or_else(|| (n_layers / 2).to_string());
         let layers = TrainLayers::parse(&spec, n_layers)?;
         let (p, g) = (a.prompts_per_step, a.group_size);
+        let mut input = PlanInput {
+            rollout_seqs: p * g,
+            distinct_prompts: if a.no_shared_prefill { p * g } else { p },
+            prompt_len: a.prompt_len,
+            max_new_tokens: a.max_new_tokens,
+            micro_batch_tokens: 0,
+            keep_prefix: true,
+            adamw: true,
+        };
+        let memory = backend.memory_info();
+        input.micro_batch_tokens = match (a.micro_batch_tokens, memory) {
+            (Some(n), _) => n,
+            (None, Some((_, total))) => default_micro_batch_tokens(&cfg, &layers, input, total),
+            (None, None) => CPU_MICRO_BATCH_TOKENS,
+        };
+        let plan = MemoryPlan::new(&cfg, &layers, input);
+        if let Some((free, _)) = memory {
+            preflight(&plan, free, &backend.name())?;
+        }
+        let model = load_model(a.model.as_deref(), &a.shape, a.seed, backend)?;
         let train_cfg = TrainConfig {
             max_new_tokens: a.max_new_tokens,
             mini_batch: a.mini_batch,
+            micro_batch_tokens: Some(input.micro_batch_tokens),
             ..TrainConfig::default()
         };
         let mut trainer = Trainer::new(model, &layers, train_cfg)?;
@@ -323,72 +449,28 @@ impl BackendJob for RlArgs {
         let device = be.name();
         let mem_before = be.memory_use();
 
-        // Rollouts: P random prompts, each G times, one batched generation.
-        let vocab = cfg.vocab_size as u64;
-        let prompts: Vec<Vec<u32>> = (0..p)
-            .map(|i| {
-                (0..a.prompt_len)
-                    .map(|j| (mix64(a.seed ^ mix64((i * a.prompt_len + j) as u64)) % vocab) as u32)
-                    .collect()
-            })
-            .collect();
-        let batch: Vec<Vec<u32>> = prompts
-            .iter()
-            .flat_map(|q| std::iter::repeat_n(q.clone(), g))
-            .collect();
-        let params = GenerateParams {
-            max_new_tokens: a.max_new_tokens,
-            sampling: SamplingParams {
-                temperature: a.temperature,
-                ..SamplingParams::default()
-            },
-            seed: a.seed,
-            stop_ids: vec![],
-        };
-        let t = Instant::now();
-        let (completions, gen) =
-            generate_with_stats(trainer.model(), &batch, &params, !a.no_shared_prefill)?;
+        let mut last = None;
+        for step in 0..a.steps {
+            last = Some(rl_step(&mut trainer, &a, step)?);
+        }
+        let r = last.expect("--steps is at least 1");
+        let (gen, stats) = (&r.gen, &r.stats);
         let be = &trainer.model().backend;
-        be.synchronize()?;
-        let rollout_s = t.elapsed().as_secs_f64();
-        let mem_rollout = be.memory_use();
-        let rollouts: Vec<Rollout> = completions
-            .into_iter()
-            .enumerate()
-            .map(|(i, ids)| Rollout {
-                group: format!("p{}", i / g),
-                prompt_ids: batch[i].clone(),
-                reward: synthetic_reward(a.seed, &ids),
-                completion_ids: ids,
-                old_logprobs: None,
-                ref_logprobs: None,
-                advantage: None,
-            })
-            .collect();
-
-        // The training step on them.
-        let t = Instant::now();
-        let stats = trainer.step(&rollouts)?;
-        let be = &trainer.model().backend;
-        be.synchronize()?;
-        let train_s = t.elapsed().as_secs_f64();
         let mem = be.memory_use();
+        let report = be.memory_report();
         let rss = max_rss_bytes();
-
-        let plan = MemoryPlan::new(
-            &cfg,
-            &layers,
-            PlanInput {
-                batch: a.mini_batch.unwrap_or(p * g).min(p * g),
-                seq: a.prompt_len + a.max_new_tokens,
-                rollout_batch: p * g,
-            },
-        );
         let (peak, source) = match mem {
             Some(m) => (Some(m.peak_bytes as u64), "device allocations"),
             None => (rss, "process max RSS"),
         };
         let per_s = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        let plan_terms: serde_json::Map<String, serde_json::Value> = plan
+            .terms()
+            .into_iter()
+            .map(|(k, v, _)| (k.to_string(), json!(v)))
+            .collect();
+        let counts =
+            |c: &Option<DeviceCounts>, n: usize| c.as_ref().map(|c| c.to_json_per(n.max(1) as u64));
         let out = json!({
             "bench": "rl",
             "device": device,
@@ -401,11 +483,13 @@ impl BackendJob for RlArgs {
             "samples": p * g,
             "prompt_len": a.prompt_len,
             "max_new_tokens": a.max_new_tokens,
+            "micro_batch_tokens": input.micro_batch_tokens,
+            "steps": a.steps,
             "load_s": load_s,
             "rollout": {
-                "seconds": rollout_s,
+                "seconds": r.rollout_s,
                 "new_tokens": gen.new_tokens,
-                "tokens_per_s": per_s(gen.new_tokens, rollout_s),
+                "tokens_per_s": per_s(gen.new_tokens, r.rollout_s),
                 "prompt_tokens": gen.prompt_tokens,
                 "shared_prefill": !a.no_shared_prefill,
                 "prefill_tokens": gen.prefill_tokens,
@@ -416,24 +500,33 @@ impl BackendJob for RlArgs {
                 "decode_tokens_per_s": per_s(gen.new_tokens - p * g, gen.decode_seconds),
             },
             "train": {
-                "seconds": train_s,
+                "seconds": r.train_s,
                 "tokens": stats.tokens,
                 "loss_tokens": stats.loss_tokens,
-                "tokens_per_s": per_s(stats.tokens, train_s),
+                "tokens_per_s": per_s(stats.tokens, r.train_s),
                 "updates": stats.updates,
                 "skipped": stats.skipped,
                 "loss": finite(stats.loss),
                 "grad_norm": finite(stats.grad_norm),
             },
-            "step_s": rollout_s + train_s,
+            "step_s": r.rollout_s + r.train_s,
+            "counts": {
+                "of_step": a.steps,
+                "rollout": counts(&r.rollout_counts, 1),
+                "train_step": counts(&r.train_counts, 1),
+                "train_update": counts(&r.train_counts, stats.updates),
+                "train_launches_by_kernel": r.train_counts.as_ref().map(|c| json!(c.launches_by_kernel)),
+            },
             "memory": {
                 "peak_bytes": peak,
                 "source": source,
                 "device_bytes_before_step": mem_before.map(|m| m.live_bytes),
-                "device_peak_after_rollout_bytes": mem_rollout.map(|m| m.peak_bytes),
                 "device_peak_bytes": mem.map(|m| m.peak_bytes),
+                "device": report.as_ref().map(|r| r.to_json()),
                 "max_rss_bytes": rss,
-                "plan_bytes": plan.total(),
+                "plan_bytes": memory.map_or(plan.total(), |(_, total)| plan.expected_peak(total)),
+                "plan_required_bytes": plan.required(),
+                "plan_terms_bytes": plan_terms,
             },
         });
         if a.json {
@@ -456,26 +549,36 @@ impl BackendJob for RlArgs {
              (prefill {} of {} prompt tokens, {:.3} s; decode {:.3} s)",
             a.prompt_len,
             a.max_new_tokens,
-            rollout_s,
-            per_s(gen.new_tokens, rollout_s),
+            r.rollout_s,
+            per_s(gen.new_tokens, r.rollout_s),
             gen.prefill_tokens,
             gen.prompt_tokens,
             gen.prefill_seconds,
             gen.decode_seconds
         );
         println!(
-            "train      {} tokens ({} completion) in {:.3} s: {:.0} tokens/s, loss {:.4}, |g| {:.3}",
+            "train      {} tokens ({} completion) in {:.3} s: {:.0} tokens/s, loss {:.4}, |g| {:.3} \
+             (micro-batches of {} tokens)",
             stats.tokens,
             stats.loss_tokens,
-            train_s,
-            per_s(stats.tokens, train_s),
+            r.train_s,
+            per_s(stats.tokens, r.train_s),
             stats.loss,
-            stats.grad_norm
+            stats.grad_norm,
+            input.micro_batch_tokens
         );
+        if let Some(c) = &r.train_counts {
+            println!(
+                "counts     train step {}: {} launches, {} device allocations, {} host syncs",
+                a.steps, c.launches, c.device_allocations, c.host_syncs
+            );
+        }
         println!(
             "memory     peak {} ({source}); plan {}",
             gib(peak),
-            gib(Some(plan.total() as u64))
+            gib(Some(
+                memory.map_or(plan.total(), |(_, t)| plan.expected_peak(t)) as u64
+            ))
         );
         Ok(())
     }

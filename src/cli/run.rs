@@ -96,6 +96,11 @@ pub struct Args {
     /// Rollouts per optimizer update (default: all of a step's).
     #[arg(long)]
     pub mini_batch: Option<usize>,
+    /// Tokens per forward/backward pass: each update runs as micro-batches of at most
+    /// this many tokens, gradients accumulated (verl's ppo_max_token_len_per_gpu);
+    /// default: the largest the device's memory plan allows (16,384 on the CPU).
+    #[arg(long)]
+    pub micro_batch_tokens: Option<usize>,
     #[arg(long)]
     pub clip_low: Option<f64>,
     #[arg(long)]
@@ -179,6 +184,7 @@ impl Args {
             grad_clip: self.grad_clip,
             ppo_epochs: self.ppo_epochs,
             mini_batch: self.mini_batch,
+            micro_batch_tokens: self.micro_batch_tokens,
             clip_low: self.clip_low,
             clip_high: self.clip_high,
             clip_c: self.clip_c,
@@ -248,6 +254,32 @@ struct RlJob {
 /// A model, its codec, and its directory (None for the demo model).
 pub type Built<B> = (Model<B>, Box<dyn TextCodec>, Option<PathBuf>);
 
+/// Before the first allocation on a device that reports its memory: refuse a run
+/// whose plan does not fit, naming the largest term and the flag that shrinks it.
+fn preflight_run<B: Backend>(s: &RunSettings, dir: &std::path::Path, backend: &B) -> Result<()> {
+    let Some((free, _)) = backend.memory_info() else {
+        return Ok(());
+    };
+    let cfg = onelayer::config::ModelConfig::from_file(&dir.join("config.json"))?;
+    let n = cfg.num_hidden_layers;
+    let spec = s.train_layer.clone().unwrap_or_else(|| (n / 2).to_string());
+    let layers = match onelayer::train::TrainLayers::parse(&spec, n) {
+        Ok(l) => l,
+        Err(_) => return Ok(()), // top-K and bad specs are reported where they are resolved
+    };
+    let mut input = onelayer::train::run_plan_input(
+        s.prompts_per_step.unwrap_or(8),
+        s.group_size.unwrap_or(8),
+        s.max_new_tokens.unwrap_or(512),
+        s.optimizer.as_deref() != Some("sgd"),
+    );
+    input.micro_batch_tokens = s.micro_batch_tokens.unwrap_or_else(|| {
+        onelayer::train::choose_micro_batch_tokens(&cfg, &layers, input, backend.memory_info())
+    });
+    let plan = onelayer::train::MemoryPlan::new(&cfg, &layers, input);
+    onelayer::train::preflight(&plan, free, &backend.name())
+}
+
 /// The model and codec a run's settings name: `--model` loaded from disk, or the
 /// built-in demo model (seeded, so the same settings give the same weights).
 pub fn build_model<B: Backend>(s: &RunSettings, backend: B) -> Result<Built<B>> {
@@ -273,6 +305,7 @@ pub fn build_model<B: Backend>(s: &RunSettings, backend: B) -> Result<Built<B>> 
         }
         Some(name) => {
             let dir = resolve_model(name)?;
+            preflight_run(s, &dir, &backend)?;
             let model = Model::load(&dir, backend)?;
             let tokenizer = load_tokenizer(&dir)?;
             let mut stop = stop_token_ids(&dir, &model.cfg.eos_token_ids)?;

@@ -1,87 +1,334 @@
-//! The memory plan of a single-layer RL run (DESIGN.md section 4), term by term,
-//! for the CUDA backend (bf16 weights and activations, f32 trained state):
+//! The memory plan of an RL run on the CUDA backend (bf16 weights and activations,
+//! f32 trained state), term by term, written from what the code allocates; the
+//! counting device (`--device meta`) measures the same terms (`accounting::Purpose`)
+//! and tests/plan_vs_count.rs keeps the two within 10% at real shapes.
 //!
-//! - frozen weights: every parameter in bf16 (the trained layers keep a bf16 copy
-//!   for the forward pass too);
-//! - trained state: 16 bytes per trained parameter (f32 master, gradient, AdamW m, v);
-//! - activations of one micro-batch: the hidden state entering the lowest trained
-//!   layer (cached once, reused across PPO epochs), the input of every layer from
-//!   there up (saved for recomputation), one layer's recomputation workspace, and
-//!   one chunk of f32 logits and their gradient in the fused LM-head loss;
-//! - KV cache of the rollouts;
-//! - workspace: cuBLAS and scratch (a fixed allowance).
+//! The device holds at the peak of a step (the rollout of any step after the first):
+//! - weights: every parameter in bf16 (the trained layers keep a bf16 copy too);
+//! - trained state: f32 master, gradient and, with AdamW, m and v (16 B/param);
+//! - the training working set, which the caching allocator keeps reserved between
+//!   steps so training allocates nothing after its first step: the hidden state
+//!   entering the lowest trained layer for every token of the step (when kept), and
+//!   one micro-batch's activations (the inputs of the layers from the lowest trained
+//!   one up, one layer's recomputation with its backward temporaries, or the LM-head
+//!   loss with one chunk of f32 logits and their gradient);
+//! - the rollout's KV cache, `2 x layers x sequences x (prompt + new) x kv_dim` bf16,
+//!   released to the device when generation ends;
+//! - the rollout's activations: the prefill of the distinct prompts or one decode
+//!   step, with the last rows' f32 logits;
+//! - a fixed allowance for the CUDA context's and cuBLAS's own memory, which the
+//!   allocator does not see.
 
 use super::layers::TrainLayers;
 use crate::config::ModelConfig;
 
-/// Rows of logits the fused LM-head loss materialises at once.
-pub const LOSS_CHUNK_ROWS: usize = 1024;
-/// cuBLAS workspace and small scratch buffers.
-pub const WORKSPACE_BYTES: usize = 256 << 20;
+use crate::model::score::LOGIT_CHUNK_ELEMS;
 
+/// cuBLAS workspace and the CUDA context: outside the allocator's count.
+pub const WORKSPACE_BYTES: usize = 256 << 20;
+/// `--micro-batch-tokens` off a GPU, and the most chosen on one.
+pub const CPU_MICRO_BATCH_TOKENS: usize = 16_384;
+pub const MAX_MICRO_BATCH_TOKENS: usize = 32_768;
+
+/// The shape of a run's step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanInput {
-    /// Sequences per training micro-batch.
-    pub batch: usize,
+    /// Sequences generated per step (prompts x group size).
+    pub rollout_seqs: usize,
+    /// Distinct prompts among them (each prefilled once).
+    pub distinct_prompts: usize,
+    /// Tokens per prompt (the longest).
+    pub prompt_len: usize,
+    pub max_new_tokens: usize,
+    /// Tokens per training pass (`--micro-batch-tokens`).
+    pub micro_batch_tokens: usize,
+    /// Keep the hidden state entering the lowest trained layer for the step.
+    pub keep_prefix: bool,
+    /// AdamW (m and v) rather than SGD.
+    pub adamw: bool,
+}
+
+impl PlanInput {
     /// Tokens per sequence (prompt + completion).
-    pub seq: usize,
-    /// Sequences generated at once (prompts x group size).
-    pub rollout_batch: usize,
+    pub fn seq(&self) -> usize {
+        self.prompt_len + self.max_new_tokens
+    }
 }
 
 /// Bytes of each term.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryPlan {
-    pub frozen_weights: usize,
+    pub weights: usize,
     pub trained_params: usize,
     pub trained_state: usize,
-    pub activations: usize,
+    pub prefix_cache: usize,
+    pub train_activations: usize,
+    pub train_logits: usize,
     pub kv_cache: usize,
+    pub rollout_activations: usize,
     pub workspace: usize,
     /// For comparison: weights plus AdamW state for every parameter.
     pub full_parameter_state: usize,
+}
+
+/// Bytes per token of what one decoder layer's backward reads, recomputed
+/// (`train::layer::LayerActs`: h1, q0, k0, q2, a, x2, h2, g, u, s in bf16, lse in f32).
+fn layer_acts_per_token(cfg: &ModelConfig) -> usize {
+    let (h, q, kv, i) = (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+    );
+    (3 * h + 3 * q + kv + 3 * i) * 2 + cfg.num_attention_heads * 4
+}
+
+/// Bytes per token of the backward's temporaries at its widest point: the MLP (ds,
+/// dg, du) or the attention (dx2, dq, dk, dv, dq0, dk0, dh1, dx).
+fn layer_backward_per_token(cfg: &ModelConfig) -> usize {
+    let (h, q, kv, i) = (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+    );
+    (3 * i).max(3 * h + 2 * q + 3 * kv) * 2
+}
+
+/// Forward scratch of the inference pass per token (`model::forward`).
+fn forward_scratch_per_token(cfg: &ModelConfig) -> usize {
+    let (h, q, kv, i) = (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+    );
+    (4 * h + 2 * q + 3 * kv + 3 * i) * 2 + 12
 }
 
 impl MemoryPlan {
     pub fn new(cfg: &ModelConfig, train: &TrainLayers, p: PlanInput) -> Self {
         let bf16 = 2;
         let total = cfg.params_total();
+        let (h, v, kv) = (cfg.hidden_size, cfg.vocab_size, cfg.kv_dim());
+        let layers = cfg.num_hidden_layers;
         let trained_params = train.len() * cfg.params_per_layer();
-        let tokens = p.batch * p.seq;
-        let h = cfg.hidden_size;
-        let saved_inputs = (cfg.num_hidden_layers - train.lowest() + 1) * tokens * h * bf16;
-        let per_token_layer =
-            cfg.q_dim() * 2 + cfg.kv_dim() * 2 + 3 * cfg.intermediate_size + 4 * h;
-        let recompute = tokens * per_token_layer * bf16 + tokens * cfg.num_attention_heads * 4;
-        let logits = 2 * LOSS_CHUNK_ROWS.min(tokens) * cfg.vocab_size * 4;
+        let seq = p.seq();
+        let step_tokens = p.rollout_seqs * seq;
+        let t = p.micro_batch_tokens.max(seq).min(step_tokens.max(1));
+        let seqs_per_micro = (t / seq).max(1);
+
+        // Training: the window's saved layer outputs, then the widest of one layer's
+        // recomputation + backward (with its K/V cache buffers and their gradients)
+        // and the loss (normed, dnormed, dx, one chunk of logits + dlogits).
+        let window = layers - train.lowest();
+        let saved = window * t * h * bf16;
+        let caches = seqs_per_micro * seq * kv * bf16;
+        let layer = t * (layer_acts_per_token(cfg) + layer_backward_per_token(cfg)) + 4 * caches;
+        let chunk_rows = (LOGIT_CHUNK_ELEMS / v).max(1).min(t);
+        let train_logits = chunk_rows * v * (4 + bf16);
+        let loss = 3 * t * h * bf16;
+        let idx = 3 * t * 4;
+        // + the gradient flowing down (dy)
+        let train_activations = saved + layer.max(loss) + t * h * bf16 + idx;
+        let prefix_cache = if p.keep_prefix {
+            step_tokens * h * bf16
+        } else {
+            0
+        };
+
+        // Rollout: the cache, then the wider of the prefill and a decode step.
+        let kv_cache = 2 * layers * p.rollout_seqs * seq * kv * bf16;
+        let prefill_tokens = p.distinct_prompts * p.prompt_len;
+        let rows = p.rollout_seqs;
+        let last_rows = rows * (h * bf16 + v * 4);
+        let decode_attn = rows * cfg.num_attention_heads * (cfg.head_dim + 2) * 4;
+        let rollout_activations = (prefill_tokens * forward_scratch_per_token(cfg))
+            .max(rows * forward_scratch_per_token(cfg) + decode_attn)
+            + last_rows;
+
         MemoryPlan {
-            frozen_weights: total * bf16,
+            weights: total * bf16,
             trained_params,
-            trained_state: trained_params * 16,
-            activations: saved_inputs + recompute + logits,
-            kv_cache: 2 * cfg.num_hidden_layers * p.rollout_batch * p.seq * cfg.kv_dim() * bf16,
+            trained_state: trained_params * if p.adamw { 16 } else { 8 },
+            prefix_cache,
+            train_activations,
+            train_logits,
+            kv_cache,
+            rollout_activations,
             workspace: WORKSPACE_BYTES,
             full_parameter_state: total * bf16 + total * 16,
         }
     }
 
-    pub fn total(&self) -> usize {
-        self.frozen_weights + self.trained_state + self.activations + self.kv_cache + self.workspace
+    /// The training working set the allocator keeps between steps.
+    pub fn train_working_set(&self) -> usize {
+        self.prefix_cache + self.train_activations + self.train_logits
     }
 
-    /// (name, bytes) in print order.
-    pub fn terms(&self) -> Vec<(&'static str, usize)> {
+    /// What the device holds at the peak when the training working set stays
+    /// cached through the rollout (the allocator's way while both fit).
+    pub fn total(&self) -> usize {
+        self.weights
+            + self.trained_state
+            + self.train_working_set()
+            + self.kv_cache
+            + self.rollout_activations
+            + self.workspace
+    }
+
+    /// What the run needs at least: the rollout and training phases in turn (the
+    /// allocator releases the cached training working set when the rollout's KV
+    /// cache does not fit beside it).
+    pub fn required(&self) -> usize {
+        self.weights
+            + self.trained_state
+            + self
+                .train_working_set()
+                .max(self.kv_cache + self.rollout_activations)
+            + self.workspace
+    }
+
+    /// The peak a device of `capacity` bytes will show: `total` where it fits,
+    /// else `required`.
+    pub fn expected_peak(&self, capacity: usize) -> usize {
+        if self.total() <= capacity {
+            self.total()
+        } else {
+            self.required()
+        }
+    }
+
+    /// (name, bytes, the flag that shrinks it) in print order.
+    pub fn terms(&self) -> Vec<(&'static str, usize, &'static str)> {
         vec![
-            ("frozen weights (bf16)", self.frozen_weights),
+            ("weights (bf16)", self.weights, "a smaller --model"),
             (
-                "trained params + grads + AdamW (16 B/param)",
+                "trained state (f32 master, grad, AdamW m, v)",
                 self.trained_state,
+                "fewer --train-layer layers",
             ),
-            ("activations (one micro-batch)", self.activations),
-            ("KV cache (rollouts)", self.kv_cache),
-            ("workspace", self.workspace),
+            (
+                "prefix cache (hidden state entering the lowest trained layer)",
+                self.prefix_cache,
+                "--prompts-per-step / --group-size",
+            ),
+            (
+                "training activations (one micro-batch)",
+                self.train_activations,
+                "--micro-batch-tokens",
+            ),
+            (
+                "LM-head logits chunk (f32 + gradient)",
+                self.train_logits,
+                "--micro-batch-tokens",
+            ),
+            (
+                "KV cache (rollouts)",
+                self.kv_cache,
+                "--prompts-per-step / --group-size / --max-new-tokens",
+            ),
+            (
+                "rollout activations (prefill / decode step)",
+                self.rollout_activations,
+                "--prompts-per-step",
+            ),
+            (
+                "CUDA context and cuBLAS workspace",
+                self.workspace,
+                "nothing",
+            ),
         ]
     }
+
+    /// The largest term: (name, bytes, flag).
+    pub fn largest(&self) -> (&'static str, usize, &'static str) {
+        self.terms()
+            .into_iter()
+            .filter(|t| t.0 != "weights (bf16)")
+            .max_by_key(|t| t.1)
+            .expect("terms")
+    }
+}
+
+/// Prompt tokens assumed where a run's longest prompt is not known yet (the
+/// preflight of `engine run`).
+pub const PROMPT_LEN_ESTIMATE: usize = 512;
+
+/// The shape of an `engine run` step, before its data is read.
+pub fn run_plan_input(prompts: usize, group: usize, max_new: usize, adamw: bool) -> PlanInput {
+    PlanInput {
+        rollout_seqs: prompts * group,
+        distinct_prompts: prompts,
+        prompt_len: PROMPT_LEN_ESTIMATE,
+        max_new_tokens: max_new,
+        micro_batch_tokens: CPU_MICRO_BATCH_TOKENS,
+        keep_prefix: true,
+        adamw,
+    }
+}
+
+/// `--micro-batch-tokens` when not given: from the plan on a device that reports
+/// its memory, else the CPU default.
+pub fn choose_micro_batch_tokens(
+    cfg: &ModelConfig,
+    train: &TrainLayers,
+    p: PlanInput,
+    memory: Option<(usize, usize)>,
+) -> usize {
+    match memory {
+        Some((_, total)) => default_micro_batch_tokens(cfg, train, p, total),
+        None => CPU_MICRO_BATCH_TOKENS,
+    }
+}
+
+/// The largest `--micro-batch-tokens` (a multiple of 1,024 up to
+/// `MAX_MICRO_BATCH_TOKENS`, and at least one sequence) whose plan fits in 90% of
+/// `capacity` bytes; the smallest candidate when none fits (the preflight then says
+/// what does not fit).
+pub fn default_micro_batch_tokens(
+    cfg: &ModelConfig,
+    train: &TrainLayers,
+    p: PlanInput,
+    capacity: usize,
+) -> usize {
+    let floor = p.seq().div_ceil(1024) * 1024;
+    // Past 2^31 elements the MLP intermediate of one pass would overflow an i32.
+    let by_index = ((i32::MAX as usize) / cfg.intermediate_size.max(1)) / 1024 * 1024;
+    let top = MAX_MICRO_BATCH_TOKENS.min(by_index).max(floor);
+    let fits = |n: usize| {
+        let plan = MemoryPlan::new(
+            cfg,
+            train,
+            PlanInput {
+                micro_batch_tokens: n,
+                ..p
+            },
+        );
+        plan.required() as f64 <= 0.9 * capacity as f64
+    };
+    let mut n = top;
+    while n > floor && !fits(n) {
+        n = (n - 1024).max(floor);
+    }
+    n
+}
+
+/// Refuse a run that will not fit: one line naming the largest term and the flag
+/// that shrinks it.
+pub fn preflight(plan: &MemoryPlan, free: usize, device: &str) -> crate::Result<()> {
+    if plan.required() <= free {
+        return Ok(());
+    }
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    let (name, bytes, flag) = plan.largest();
+    Err(crate::Error::invalid(format!(
+        "this run needs {:.1} GiB on {device} but {:.1} GiB are free; the largest term is {name} \
+         ({:.1} GiB): lower {flag} (engine plan shows every term)",
+        gib(plan.required()),
+        gib(free),
+        gib(bytes)
+    )))
 }
 
 #[cfg(test)]
@@ -91,34 +338,74 @@ mod tests {
 
     const GIB: f64 = (1u64 << 30) as f64;
 
+    fn input() -> PlanInput {
+        PlanInput {
+            rollout_seqs: 64,
+            distinct_prompts: 8,
+            prompt_len: 512,
+            max_new_tokens: 1024,
+            micro_batch_tokens: 16_384,
+            keep_prefix: true,
+            adamw: true,
+        }
+    }
+
     #[test]
     fn qwen3_4b_layer_18_matches_design() {
         let cfg = builtin("qwen3-4b").unwrap();
-        let input = PlanInput {
-            batch: 16,
-            seq: 1536,
-            rollout_batch: 64,
-        };
-        let one = MemoryPlan::new(&cfg, &TrainLayers::parse("18", 36).unwrap(), input);
+        let one = MemoryPlan::new(&cfg, &TrainLayers::parse("18", 36).unwrap(), input());
         // ~8 GB of bf16 weights, ~1.6 GB of trained state (DESIGN.md section 4)
-        assert!(
-            (one.frozen_weights as f64 / 1e9 - 8.04).abs() < 0.1,
-            "{one:?}"
-        );
+        assert!((one.weights as f64 / 1e9 - 8.04).abs() < 0.1, "{one:?}");
         assert!(
             (one.trained_state as f64 / 1e9 - 1.615).abs() < 0.01,
             "{one:?}"
         );
-        // full-parameter AdamW: ~64 GB of weights, gradients and optimizer state + bf16 weights
         assert!(one.full_parameter_state as f64 / 1e9 > 64.0);
         assert!(one.total() < one.full_parameter_state / 2);
-        // training every layer through the same plan costs the full state
-        let all = MemoryPlan::new(&cfg, &TrainLayers::parse("all", 36).unwrap(), input);
+        let all = MemoryPlan::new(&cfg, &TrainLayers::parse("all", 36).unwrap(), input());
         assert_eq!(all.trained_state, 36 * one.trained_state);
-        assert!(
-            all.activations > one.activations,
-            "more layers to save inputs for"
-        );
+        assert!(all.train_activations > one.train_activations);
         assert!(one.total() as f64 / GIB < 40.0);
+        // the micro-batch bounds the training activations, not the step's size
+        let big = PlanInput {
+            rollout_seqs: 1024,
+            ..input()
+        };
+        let p_big = MemoryPlan::new(&cfg, &TrainLayers::parse("18", 36).unwrap(), big);
+        assert_eq!(p_big.train_activations, one.train_activations);
+        assert_eq!(p_big.kv_cache, 16 * one.kv_cache);
+    }
+
+    #[test]
+    fn default_micro_batch_fits_and_preflight_names_the_largest_term() {
+        let cfg = builtin("qwen3-8b").unwrap();
+        let layers = TrainLayers::parse("18", cfg.num_hidden_layers).unwrap();
+        let cap = 80usize << 30;
+        let n = default_micro_batch_tokens(&cfg, &layers, input(), cap);
+        assert!(
+            n >= 1536 && n <= MAX_MICRO_BATCH_TOKENS && n % 1024 == 0,
+            "{n}"
+        );
+        let plan = MemoryPlan::new(
+            &cfg,
+            &layers,
+            PlanInput {
+                micro_batch_tokens: n,
+                ..input()
+            },
+        );
+        preflight(&plan, cap, "GPU 0").unwrap();
+        let huge = PlanInput {
+            rollout_seqs: 2048,
+            distinct_prompts: 256,
+            ..input()
+        };
+        let plan = MemoryPlan::new(&cfg, &layers, huge);
+        let e = preflight(&plan, cap, "GPU 0").unwrap_err().to_string();
+        assert!(
+            e.contains("KV cache") && e.contains("--max-new-tokens"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1);
     }
 }
