@@ -100,7 +100,7 @@ impl Packed {
     /// longer than the budget is a run of its own); the whole batch when `None`.
     pub fn split_by_tokens(&self, budget: Option<usize>) -> Vec<std::ops::Range<usize>> {
         let Some(budget) = budget else {
-            return vec![0..self.seqs];
+            return std::iter::once(0..self.seqs).collect();
         };
         let mut out = Vec::new();
         let (mut start, mut used) = (0, 0);

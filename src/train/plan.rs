@@ -383,7 +383,7 @@ mod tests {
         let cap = 80usize << 30;
         let n = default_micro_batch_tokens(&cfg, &layers, input(), cap);
         assert!(
-            n >= 1536 && n <= MAX_MICRO_BATCH_TOKENS && n % 1024 == 0,
+            (1536..=MAX_MICRO_BATCH_TOKENS).contains(&n) && n % 1024 == 0,
             "{n}"
         );
         let plan = MemoryPlan::new(
