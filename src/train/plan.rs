@@ -71,38 +71,33 @@ pub struct MemoryPlan {
     pub full_parameter_state: usize,
 }
 
-/// Bytes per token of what one decoder layer's backward reads, recomputed
-/// (`train::layer::LayerActs`: h1, q0, k0, q2, a, x2, h2, g, u, s in bf16, lse in f32).
-fn layer_acts_per_token(cfg: &ModelConfig) -> usize {
-    let (h, q, kv, i) = (
+/// (hidden, q_dim, kv_dim, intermediate).
+fn dims(cfg: &ModelConfig) -> (usize, usize, usize, usize) {
+    (
         cfg.hidden_size,
         cfg.q_dim(),
         cfg.kv_dim(),
         cfg.intermediate_size,
-    );
+    )
+}
+
+/// Bytes per token of what one decoder layer's backward reads, recomputed
+/// (`train::layer::LayerActs`: h1, q0, k0, q2, a, x2, h2, g, u, s in bf16, lse in f32).
+fn layer_acts_per_token(cfg: &ModelConfig) -> usize {
+    let (h, q, kv, i) = dims(cfg);
     (3 * h + 3 * q + kv + 3 * i) * 2 + cfg.num_attention_heads * 4
 }
 
 /// Bytes per token of the backward's temporaries at its widest point: the MLP (ds,
 /// dg, du) or the attention (dx2, dq, dk, dv, dq0, dk0, dh1, dx).
 fn layer_backward_per_token(cfg: &ModelConfig) -> usize {
-    let (h, q, kv, i) = (
-        cfg.hidden_size,
-        cfg.q_dim(),
-        cfg.kv_dim(),
-        cfg.intermediate_size,
-    );
+    let (h, q, kv, i) = dims(cfg);
     (3 * i).max(3 * h + 2 * q + 3 * kv) * 2
 }
 
 /// Forward scratch of the inference pass per token (`model::forward`).
 fn forward_scratch_per_token(cfg: &ModelConfig) -> usize {
-    let (h, q, kv, i) = (
-        cfg.hidden_size,
-        cfg.q_dim(),
-        cfg.kv_dim(),
-        cfg.intermediate_size,
-    );
+    let (h, q, kv, i) = dims(cfg);
     (4 * h + 2 * q + 3 * kv + 3 * i) * 2 + 12
 }
 
