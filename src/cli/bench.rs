@@ -137,15 +137,7 @@ pub fn run(a: Args) -> Result<()> {
 fn load_model<B: Backend>(model: Option<&str>, shape: &str, seed: u64, be: B) -> Result<Model<B>> {
     match model {
         Some(m) => Model::load(&resolve_model(m)?, be),
-        None => {
-            let cfg = builtin(shape).ok_or_else(|| {
-                Error::invalid(format!(
-                    "--shape: unknown shape '{shape}' (one of {})",
-                    builtin_names().join(", ")
-                ))
-            })?;
-            Model::random(cfg, be, seed)
-        }
+        None => Model::random(model_config(None, shape)?, be, seed),
     }
 }
 

@@ -361,7 +361,10 @@ impl<B: Backend> Trainer<B> {
                 } else {
                     old_logp.extend(mp.old_logp.iter().map(|v| v.unwrap_or(0.0)));
                 }
-                let x_lo = if self.cfg.keep_prefix { x_lo } else { None };
+                let x_lo = match x_lo {
+                    Some(x) if self.cfg.keep_prefix => Some(self.keep(x)?),
+                    _ => None,
+                };
                 micro.push(Micro { pack: mp, x_lo });
             }
             out.push(Prepared {
@@ -377,11 +380,14 @@ impl<B: Backend> Trainer<B> {
         self.model.cfg.num_hidden_layers
     }
 
-    /// The hidden state entering layer `lo` (the embedding, then the frozen prefix),
-    /// in a buffer booked as the prefix cache.
+    /// The hidden state entering layer `lo` (the embedding, then the frozen prefix).
     fn prefix(&self, p: &Packed, idx: &PackedIdx<B>) -> Result<B::Buf> {
+        self.run_layers(self.embed(p)?, 0..self.lo(), idx)
+    }
+
+    /// `x` moved into a buffer booked as the prefix cache, to be kept for the step.
+    fn keep(&self, x: B::Buf) -> Result<B::Buf> {
         let be = &self.model.backend;
-        let x = self.run_layers(self.embed(p)?, 0..self.lo(), idx)?;
         let _p = purpose(Purpose::PrefixCache);
         let mut kept = be.empty(be.len(&x))?;
         be.copy_convert(&mut kept, &x)?;
