@@ -12,6 +12,13 @@
 //   `rows` consecutive tokens of one slot at positions pos0.. (the host splits each
 //   sequence of the batch into such runs). The keys of the slot up to
 //   pos0 + rows - 1 must already be in the cache.
+// Paged caches: with `table` [rows, table_width] (int32) not null, the caches are
+//   [blocks, block_size, kv_heads, head_dim], `slot` is a block-table row and key j
+//   lives at physical row table[slot, j / block_size] * block_size + j % block_size
+//   (see kv_row); null table: the contiguous layout above (training). A row's
+//   arithmetic depends only on its own keys: key tiles start at position 0 and a
+//   tile masked out for a row leaves its state unchanged bit for bit, so how a
+//   sequence is cut into tiles or batches never changes its values.
 // Launch: grid (n_tiles, heads, DT / DV), block 128 threads = 4 warps; warp w owns query rows
 //   16w..16w+15 of the tile. K and V tiles of BC keys are staged in static shared
 //   memory; Q·Kᵀ and P·V run on tensor cores (mma m16n8k16 bf16 -> f32) through the
@@ -35,6 +42,13 @@ struct AttnTile {
     static constexpr int PAD = 8;                      // bf16 elements of row padding
 };
 
+// The cache row of key j of `slot`: through the block table when there is one.
+__device__ __forceinline__ size_t kv_row(const int* table, int slot, int j, int table_width, int block_size,
+                                         int max_len) {
+    return table != nullptr ? (size_t)table[(size_t)slot * table_width + j / block_size] * block_size + j % block_size
+                            : (size_t)slot * max_len + j;
+}
+
 // Two bf16 of a shared-memory row as one 32-bit register (lower column in the low half).
 __device__ __forceinline__ uint32_t ld_pair(const bf16* p) {
     return pack_bf16x2(p[0], p[1]);
@@ -44,6 +58,7 @@ template <int DT>
 __device__ void attention_prefill_bf16(bf16* __restrict__ out, float* __restrict__ lse,
                                        const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
                                        const bf16* __restrict__ v_cache, const int* __restrict__ tiles,
+                                       const int* __restrict__ table, int table_width, int block_size,
                                        int heads, int kv_heads, int head_dim, int max_len,
                                        float scale) {
     constexpr int BC = AttnTile<DT>::BC;
@@ -85,9 +100,9 @@ __device__ void attention_prefill_bf16(bf16* __restrict__ out, float* __restrict
     const int qpos_a = pos0 + row_a, qpos_b = pos0 + row_b;
 
     const int kv_len = pos0 + rows;  // keys 0..kv_len-1 are visible to some row
+    const bf16* kbase = k_cache + (size_t)kvh * head_dim;
+    const bf16* vbase = v_cache + (size_t)kvh * head_dim;
     const size_t kv_row_stride = (size_t)kv_heads * head_dim;
-    const bf16* kbase = k_cache + ((size_t)slot * max_len * kv_heads + kvh) * head_dim;
-    const bf16* vbase = v_cache + ((size_t)slot * max_len * kv_heads + kvh) * head_dim;
 
     for (int kb = 0; kb < kv_len; kb += BC) {
         __syncthreads();  // the previous tile is no longer read
@@ -97,14 +112,16 @@ __device__ void attention_prefill_bf16(bf16* __restrict__ out, float* __restrict
             const int key = c / (DT / 8), col = (c % (DT / 8)) * 8;
             uint4 kv4 = make_uint4(0, 0, 0, 0);
             if (kb + key < kv_len && col < head_dim)
-                kv4 = *reinterpret_cast<const uint4*>(kbase + (kb + key) * kv_row_stride + col);
+                kv4 = *reinterpret_cast<const uint4*>(
+                    kbase + kv_row(table, slot, kb + key, table_width, block_size, max_len) * kv_row_stride + col);
             *reinterpret_cast<uint4*>(ks + key * LD + col) = kv4;
         }
         for (int c = threadIdx.x; c < BC * (DV / 8); c += ATTN_THREADS) {
             const int key = c / (DV / 8), col = (c % (DV / 8)) * 8;
             uint4 vv4 = make_uint4(0, 0, 0, 0);
             if (kb + key < kv_len && dv0 + col < head_dim)
-                vv4 = *reinterpret_cast<const uint4*>(vbase + (kb + key) * kv_row_stride + dv0 + col);
+                vv4 = *reinterpret_cast<const uint4*>(
+                    vbase + kv_row(table, slot, kb + key, table_width, block_size, max_len) * kv_row_stride + dv0 + col);
             *reinterpret_cast<uint4*>(vs + key * LDV + col) = vv4;
         }
         __syncthreads();
@@ -216,28 +233,36 @@ __device__ void attention_prefill_bf16(bf16* __restrict__ out, float* __restrict
 
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS, 1)
 attention_prefill_d32_forward_bf16(bf16* out, float* lse, const bf16* q, const bf16* k_cache,
-                                   const bf16* v_cache, const int* tiles, int heads, int kv_heads,
+                                   const bf16* v_cache, const int* tiles, const int* table,
+                                   int table_width, int block_size, int heads, int kv_heads,
                                    int head_dim, int max_len, float scale) {
-    attention_prefill_bf16<32>(out, lse, q, k_cache, v_cache, tiles, heads, kv_heads, head_dim, max_len, scale);
+    attention_prefill_bf16<32>(out, lse, q, k_cache, v_cache, tiles, table, table_width, block_size, heads,
+                                kv_heads, head_dim, max_len, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS, 1)
 attention_prefill_d64_forward_bf16(bf16* out, float* lse, const bf16* q, const bf16* k_cache,
-                                   const bf16* v_cache, const int* tiles, int heads, int kv_heads,
+                                   const bf16* v_cache, const int* tiles, const int* table,
+                                   int table_width, int block_size, int heads, int kv_heads,
                                    int head_dim, int max_len, float scale) {
-    attention_prefill_bf16<64>(out, lse, q, k_cache, v_cache, tiles, heads, kv_heads, head_dim, max_len, scale);
+    attention_prefill_bf16<64>(out, lse, q, k_cache, v_cache, tiles, table, table_width, block_size, heads,
+                                kv_heads, head_dim, max_len, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS, 1)
 attention_prefill_d128_forward_bf16(bf16* out, float* lse, const bf16* q, const bf16* k_cache,
-                                   const bf16* v_cache, const int* tiles, int heads, int kv_heads,
+                                   const bf16* v_cache, const int* tiles, const int* table,
+                                   int table_width, int block_size, int heads, int kv_heads,
                                    int head_dim, int max_len, float scale) {
-    attention_prefill_bf16<128>(out, lse, q, k_cache, v_cache, tiles, heads, kv_heads, head_dim, max_len, scale);
+    attention_prefill_bf16<128>(out, lse, q, k_cache, v_cache, tiles, table, table_width, block_size, heads,
+                                kv_heads, head_dim, max_len, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS, 1)
 attention_prefill_d256_forward_bf16(bf16* out, float* lse, const bf16* q, const bf16* k_cache,
-                                   const bf16* v_cache, const int* tiles, int heads, int kv_heads,
+                                   const bf16* v_cache, const int* tiles, const int* table,
+                                   int table_width, int block_size, int heads, int kv_heads,
                                    int head_dim, int max_len, float scale) {
-    attention_prefill_bf16<256>(out, lse, q, k_cache, v_cache, tiles, heads, kv_heads, head_dim, max_len, scale);
+    attention_prefill_bf16<256>(out, lse, q, k_cache, v_cache, tiles, table, table_width, block_size, heads,
+                                kv_heads, head_dim, max_len, scale);
 }

@@ -52,7 +52,24 @@ fn params(max_new_tokens: usize, sampling: SamplingParams, seed: u64) -> Generat
         sampling,
         seed,
         stop_ids: vec![],
+        kv_cache_tokens: None,
     }
+}
+
+/// Prompt tokens a batch runs through the model when equal prompts share their
+/// whole blocks (`generate::sched`): each distinct prompt's blocks once, every
+/// sequence's tail itself.
+fn shared_prefill_tokens(batch: &[Vec<u32>]) -> usize {
+    let bs = onelayer::generate::BLOCK_SIZE;
+    let sources = prefill_sources(batch);
+    batch
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let shared = (p.len() - 1) / bs * bs;
+            p.len() - shared + if sources[i] == i { shared } else { 0 }
+        })
+        .sum()
 }
 
 fn sampled() -> SamplingParams {
@@ -66,7 +83,7 @@ fn sampled() -> SamplingParams {
 /// Groups as `sample_groups` builds them (each prompt G times in a row), plus a
 /// repeat of the first prompt later on and a prompt of its own.
 fn group_batch() -> Vec<Vec<u32>> {
-    let (a, b, c) = (prompt(1, 9), prompt(2, 5), prompt(3, 12));
+    let (a, b, c) = (prompt(1, 37), prompt(2, 21), prompt(3, 12));
     let mut batch = Vec::new();
     for p in [&a, &b, &c] {
         batch.extend(std::iter::repeat_n(p.clone(), 3));
@@ -174,13 +191,15 @@ fn identical_prompts_are_prefilled_once() {
     let n = 10;
     let greedy = params(n, SamplingParams::default(), 0);
     let (got, stats) = generate_with_stats(&cpu, &batch, &greedy, true).unwrap();
-    assert_eq!(stats.prompt_tokens, 3 * (9 + 5 + 12) + 9 + 7);
+    assert_eq!(stats.prompt_tokens, 3 * (37 + 21 + 12) + 37 + 7);
     assert_eq!(
         stats.prefill_tokens,
-        9 + 5 + 12 + 7,
-        "each distinct prompt once"
+        shared_prefill_tokens(&batch),
+        "each distinct prompt's blocks once"
     );
-    assert_eq!(stats.shared_slots, 7);
+    assert_eq!(stats.prefill_tokens, 32 + 4 * 5 + 16 + 3 * 5 + 3 * 12 + 7);
+    // a's three repeats and b's two sit on blocks another sequence prefilled
+    assert_eq!(stats.shared_slots, 5);
     assert_eq!(stats.new_tokens, batch.len() * n);
     assert_eq!(stats.decode_steps, n - 1);
     // greedy: each prompt alone gives the same tokens
@@ -194,7 +213,7 @@ fn identical_prompts_are_prefilled_once() {
     // On the emulator, a smaller batch (every launch runs on the host) and plain
     // temperature sampling (the top-k / top-p threshold searches cost about a second
     // per draw there; what is tested here is the streams, not the filters).
-    let (a, b) = (prompt(1, 5), prompt(2, 3));
+    let (a, b) = (prompt(1, 19), prompt(2, 3));
     let small = vec![a.clone(), a.clone(), b, a];
     let plain = SamplingParams {
         temperature: 1.0,

@@ -73,6 +73,7 @@ fn greedy_generation_matches_the_cpu_reference() {
             sampling: SamplingParams::default(),
             seed: 0,
             stop_ids: vec![],
+            kv_cache_tokens: None,
         };
         let want = generate(&cpu, &prompts, &params).unwrap();
         for (dev, be) in cuda_backends() {
@@ -102,6 +103,7 @@ fn seeded_sampling_is_reproducible_on_the_cuda_backend() {
         },
         seed: 7,
         stop_ids: vec![],
+        kv_cache_tokens: None,
     };
     for (dev, be) in cuda_backends() {
         let model = load_cuda(name, be);

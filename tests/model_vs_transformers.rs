@@ -130,6 +130,7 @@ fn greedy_generation_matches_transformers() {
             sampling: SamplingParams::default(),
             seed: 0,
             stop_ids: vec![],
+            kv_cache_tokens: None,
         };
         // batched (ragged prompts) and one by one
         assert_eq!(

@@ -68,6 +68,7 @@ fn state_exists_for_trained_layers_only() {
                 micro_batch_tokens: 8,
                 keep_prefix: true,
                 adamw: true,
+                kv_cache_tokens: None,
             },
         );
         assert_eq!(

@@ -126,6 +126,28 @@ pub struct DeviceCounts {
 }
 
 impl DeviceCounts {
+    /// Add `other`'s counts to these.
+    pub fn add(&mut self, other: &DeviceCounts) {
+        for (k, &n) in &other.launches_by_kernel {
+            *self.launches_by_kernel.entry(k).or_insert(0) += n;
+        }
+        self.device_allocations += other.device_allocations;
+        self.buffer_requests += other.buffer_requests;
+        self.device_frees += other.device_frees;
+        self.launches += other.launches;
+        self.gemms += other.gemms;
+        self.gemm_flops += other.gemm_flops;
+        self.uploads += other.uploads;
+        self.upload_bytes += other.upload_bytes;
+        self.downloads += other.downloads;
+        self.download_bytes += other.download_bytes;
+        self.memsets += other.memsets;
+        self.memset_bytes += other.memset_bytes;
+        self.device_copies += other.device_copies;
+        self.device_copy_bytes += other.device_copy_bytes;
+        self.host_syncs += other.host_syncs;
+    }
+
     /// What happened between `before` and `self`.
     pub fn since(&self, before: &DeviceCounts) -> DeviceCounts {
         let mut by_kernel = BTreeMap::new();

@@ -57,6 +57,38 @@ pub struct AttnDims {
     pub max_len: usize,
 }
 
+/// Shapes of attention over a paged KV cache (`Backend::attention_paged`).
+///
+/// Each cache buffer is `[blocks, block_size, kv_heads, head_dim]`. The block table
+/// is `[table_rows, table_width]` (u32): row r lists the physical blocks of one
+/// sequence, so its position j lives at physical row
+/// `table[r, j / block_size] * block_size + j % block_size`. Queries are `[tokens,
+/// heads, head_dim]`; token t reads table row `seq[t]` and attends causally to
+/// positions `0..=pos[t]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagedDims {
+    pub tokens: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub blocks: usize,
+    pub block_size: usize,
+    pub table_rows: usize,
+    pub table_width: usize,
+}
+
+impl PagedDims {
+    /// Elements of one K (or V) cache buffer.
+    pub fn cache_len(&self) -> usize {
+        self.blocks * self.block_size * self.kv_heads * self.head_dim
+    }
+
+    /// The longest context a table row can describe.
+    pub fn max_context(&self) -> usize {
+        self.table_width * self.block_size
+    }
+}
+
 /// Device memory a backend has allocated (`Backend::memory_use`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryUse {
@@ -234,6 +266,75 @@ pub trait Backend: Send + Sync {
         pos: &Self::Idx,
         dims: AttnDims,
         scale: f32,
+    ) -> Result<()>;
+
+    /// Write the new tokens' keys or values into a paged cache (see `PagedDims`):
+    /// `cache[rows[t], :, :] = x[t, :, :]`, `rows[t]` the physical row
+    /// (`block * block_size + offset`); x `[tokens, kv_heads, head_dim]`.
+    fn kv_write_paged(
+        &self,
+        cache: &mut Self::Buf,
+        x: &Self::Buf,
+        rows: &Self::Idx,
+        dims: PagedDims,
+    ) -> Result<()>;
+
+    /// `attention` over a paged cache: token t reads block-table row `seq[t]` and
+    /// attends to its positions `0..=pos[t]` (see `PagedDims`). With `decode` (the
+    /// f32 workspace of `paged_decode_work_len`), every token is taken to be its
+    /// sequence's only new token and the launch reads nothing from the host (a
+    /// decode step: no allocation, capturable); without, the host plans prefill tiles
+    /// from the index buffers' host copies. Both give each token the same value
+    /// whatever else is in the batch.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_paged(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        table: &Self::Idx,
+        seq: &Self::Idx,
+        pos: &Self::Idx,
+        dims: PagedDims,
+        scale: f32,
+        decode: Option<&mut Self::Buf>,
+    ) -> Result<()>;
+
+    /// Elements of the f32 workspace `attention_paged` needs in decode mode (0 where
+    /// it needs none; at least 1 so the buffer exists).
+    fn paged_decode_work_len(&self, _dims: PagedDims) -> usize {
+        1
+    }
+
+    /// Use the first `len` elements of `buf`'s allocation as the buffer (at most
+    /// what it was made with): one set of buffers serves a decode step at every
+    /// batch-size bucket, no allocation.
+    fn set_len(&self, buf: &mut Self::Buf, len: usize) -> Result<()>;
+
+    /// `set_len` for indices (new elements read as 0 on the host copy).
+    fn set_idx_len(&self, idx: &mut Self::Idx, len: usize) -> Result<()>;
+
+    /// Overwrite the device indices `dst` with `host` (same length): the per-step
+    /// inputs of a decode step go into fixed buffers, no allocation.
+    fn upload_idx_into(&self, dst: &mut Self::Idx, host: &[u32]) -> Result<()>;
+
+    /// Download `n` leading indices (the decode step's sampled ids: its one host
+    /// synchronisation).
+    fn download_idx(&self, src: &Self::Idx, n: usize) -> Result<Vec<u32>>;
+
+    /// `sample` into a device buffer: `out[r]` (u32 `[rows]`) is row r's token, drawn
+    /// from stream `streams[2r] | streams[2r + 1] << 32` (u32 `[2 * rows]`).
+    #[allow(clippy::too_many_arguments)]
+    fn sample_into(
+        &self,
+        out: &mut Self::Idx,
+        logits: &Self::Buf,
+        streams: &Self::Idx,
+        rows: usize,
+        vocab: usize,
+        params: &SamplingParams,
+        seed: u64,
     ) -> Result<()>;
 
     /// `out = silu(gate) * up`, elementwise over `n` elements.

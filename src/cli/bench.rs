@@ -26,10 +26,8 @@ use onelayer::generate::{generate_with_stats, GenerateParams};
 use onelayer::model::{KvCache, Model, TokenBatch};
 use onelayer::resolve::resolve_model;
 use onelayer::sampling::{mix64, SamplingParams};
-use onelayer::train::plan::CPU_MICRO_BATCH_TOKENS;
 use onelayer::train::{
-    default_micro_batch_tokens, preflight, MemoryPlan, PlanInput, Rollout, TrainConfig,
-    TrainLayers, Trainer,
+    fit_to_device, preflight, MemoryPlan, PlanInput, Rollout, TrainConfig, TrainLayers, Trainer,
 };
 use onelayer::{Error, Result};
 use serde_json::json;
@@ -113,6 +111,10 @@ pub struct RlArgs {
     /// allows; 16,384 on the CPU).
     #[arg(long)]
     pub micro_batch_tokens: Option<usize>,
+    /// Positions of the paged KV cache (default: what the memory plan leaves free;
+    /// every sequence at full length on the CPU).
+    #[arg(long)]
+    pub kv_cache_tokens: Option<usize>,
     /// RL steps to run; the report is of the last (the first allocates the
     /// training working set).
     #[arg(long, default_value_t = 2)]
@@ -353,6 +355,7 @@ fn rl_step<B: Backend>(trainer: &mut Trainer<B>, a: &RlArgs, step: usize) -> Res
         },
         seed,
         stop_ids: vec![],
+        kv_cache_tokens: a.kv_cache_tokens,
     };
     let be = &trainer.model().backend;
     let c0 = be.counts();
@@ -407,7 +410,12 @@ impl BackendJob for RlArgs {
             .unwrap_or_else(|| (n_layers / 2).to_string());
         let layers = TrainLayers::parse(&spec, n_layers)?;
         let (p, g) = (a.prompts_per_step, a.group_size);
-        let mut input = PlanInput {
+        if a.kv_cache_tokens == Some(0) || a.micro_batch_tokens == Some(0) {
+            return Err(Error::invalid(
+                "--kv-cache-tokens and --micro-batch-tokens must be at least 1",
+            ));
+        }
+        let input = PlanInput {
             rollout_seqs: p * g,
             distinct_prompts: if a.no_shared_prefill { p * g } else { p },
             prompt_len: a.prompt_len,
@@ -415,13 +423,18 @@ impl BackendJob for RlArgs {
             micro_batch_tokens: 0,
             keep_prefix: true,
             adamw: true,
+            kv_cache_tokens: a.kv_cache_tokens,
         };
         let memory = backend.memory_info();
-        input.micro_batch_tokens = match (a.micro_batch_tokens, memory) {
-            (Some(n), _) => n,
-            (None, Some((_, total))) => default_micro_batch_tokens(&cfg, &layers, input, total),
-            (None, None) => CPU_MICRO_BATCH_TOKENS,
-        };
+        let input = fit_to_device(
+            &cfg,
+            &layers,
+            input,
+            a.micro_batch_tokens,
+            memory.map(|(_, total)| total),
+        );
+        let mut a = a;
+        a.kv_cache_tokens = input.kv_cache_tokens;
         let plan = MemoryPlan::new(&cfg, &layers, input);
         if let Some((free, _)) = memory {
             preflight(&plan, free, &backend.name())?;
@@ -490,6 +503,12 @@ impl BackendJob for RlArgs {
                 "decode_s": gen.decode_seconds,
                 "decode_steps": gen.decode_steps,
                 "decode_tokens_per_s": per_s(gen.new_tokens - p * g, gen.decode_seconds),
+                "prefill_steps": gen.prefill_steps,
+                "preemptions": gen.preemptions,
+                "peak_running": gen.peak_running,
+                "kv_cache_tokens": gen.kv_cache_tokens,
+                "kv_peak_tokens": gen.kv_peak_tokens,
+                "kv_full_tokens": input.full_kv_tokens(),
             },
             "train": {
                 "seconds": r.train_s,
@@ -506,6 +525,8 @@ impl BackendJob for RlArgs {
                 "of_step": a.steps,
                 "rollout": counts(&r.rollout_counts, 1),
                 "train_step": counts(&r.train_counts, 1),
+                "decode_step": gen.decode_step_counts.as_ref().map(|c| c.to_json_per(gen.counted_decode_steps.max(1) as u64)),
+                "decode_steps_counted": gen.counted_decode_steps,
                 "train_update": counts(&r.train_counts, stats.updates),
                 "train_launches_by_kernel": r.train_counts.as_ref().map(|c| json!(c.launches_by_kernel)),
             },
@@ -559,6 +580,20 @@ impl BackendJob for RlArgs {
             stats.grad_norm,
             input.micro_batch_tokens
         );
+        println!(
+            "kv cache   {} tokens, at most {} in use; {} preemptions; up to {} sequences at once",
+            gen.kv_cache_tokens, gen.kv_peak_tokens, gen.preemptions, gen.peak_running
+        );
+        if let Some(c) = &gen.decode_step_counts {
+            let n = gen.counted_decode_steps.max(1) as f64;
+            println!(
+                "counts     decode step (mean of {}): {:.1} launches, {:.2} device allocations, {:.2} host syncs",
+                gen.counted_decode_steps,
+                c.launches as f64 / n,
+                c.device_allocations as f64 / n,
+                c.host_syncs as f64 / n
+            );
+        }
         if let Some(c) = &r.train_counts {
             println!(
                 "counts     train step {}: {} launches, {} device allocations, {} host syncs",

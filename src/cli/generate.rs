@@ -113,6 +113,7 @@ fn generate_text<B: Backend>(a: Args, dir: &Path, model: Model<B>) -> Result<()>
         sampling,
         seed: a.seed,
         stop_ids,
+        kv_cache_tokens: None,
     };
     let ids = generate(&model, std::slice::from_ref(&prompt_ids), &params)?.remove(0);
     let text = match &tokenizer {

@@ -7,7 +7,7 @@ use super::print_json;
 use onelayer::backend::cuda::meta::{parse_capacity, H100_80GB_BYTES};
 use onelayer::config::{builtin, ModelConfig};
 use onelayer::resolve::resolve_model;
-use onelayer::train::{default_micro_batch_tokens, MemoryPlan, PlanInput, TrainLayers};
+use onelayer::train::{fit_to_device, MemoryPlan, PlanInput, TrainLayers};
 use onelayer::{Error, Result};
 use serde_json::json;
 
@@ -31,6 +31,9 @@ pub struct Args {
     /// Tokens per training pass (default: the largest that fits --memory).
     #[arg(long)]
     pub micro_batch_tokens: Option<usize>,
+    /// Positions of the rollouts' paged KV cache (default: what the plan leaves free).
+    #[arg(long)]
+    pub kv_cache_tokens: Option<usize>,
     /// adamw | sgd
     #[arg(long, default_value = "adamw")]
     pub optimizer: String,
@@ -81,7 +84,13 @@ pub fn run(a: Args) -> Result<()> {
     };
     let (cfg, source) = config(&a.model)?;
     let train = TrainLayers::parse(&a.train_layer, cfg.num_hidden_layers)?;
-    let mut input = PlanInput {
+    if a.micro_batch_tokens == Some(0) {
+        return Err(Error::invalid("--micro-batch-tokens must be at least 1"));
+    }
+    if a.kv_cache_tokens == Some(0) {
+        return Err(Error::invalid("--kv-cache-tokens must be at least 1"));
+    }
+    let input = PlanInput {
         rollout_seqs: a.prompts_per_step * a.group_size,
         distinct_prompts: a.prompts_per_step,
         prompt_len: a.prompt_len,
@@ -89,12 +98,9 @@ pub fn run(a: Args) -> Result<()> {
         micro_batch_tokens: 0,
         keep_prefix: true,
         adamw,
+        kv_cache_tokens: a.kv_cache_tokens,
     };
-    input.micro_batch_tokens = match a.micro_batch_tokens {
-        Some(0) => return Err(Error::invalid("--micro-batch-tokens must be at least 1")),
-        Some(n) => n,
-        None => default_micro_batch_tokens(&cfg, &train, input, capacity),
-    };
+    let input = fit_to_device(&cfg, &train, input, a.micro_batch_tokens, Some(capacity));
     let plan = MemoryPlan::new(&cfg, &train, input);
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     if a.json {
@@ -108,6 +114,8 @@ pub fn run(a: Args) -> Result<()> {
             "train_layers": train.layers(),
             "trained_params": plan.trained_params,
             "micro_batch_tokens": input.micro_batch_tokens,
+            "kv_cache_tokens": input.kv_tokens(),
+            "full_kv_cache_tokens": input.full_kv_tokens(),
             "capacity_bytes": capacity,
             "terms_bytes": terms,
             "total_bytes": plan.expected_peak(capacity),
@@ -127,6 +135,11 @@ pub fn run(a: Args) -> Result<()> {
     println!(
         "rollouts     {} prompts x {} samples, {} + {} tokens; micro-batches of {} tokens",
         a.prompts_per_step, a.group_size, a.prompt_len, a.max_new_tokens, input.micro_batch_tokens
+    );
+    println!(
+        "KV cache     {} tokens ({} for every sequence at full length)",
+        input.kv_tokens(),
+        input.full_kv_tokens()
     );
     for (name, bytes, _) in plan.terms() {
         println!("  {name:<62} {:>8.2} GiB", gib(bytes));

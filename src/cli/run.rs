@@ -101,6 +101,11 @@ pub struct Args {
     /// default: the largest the device's memory plan allows (16,384 on the CPU).
     #[arg(long)]
     pub micro_batch_tokens: Option<usize>,
+    /// Positions the rollouts' paged KV cache holds (vLLM's KV-cache budget): fewer
+    /// sequences decode at once, the completions are the same; default: what the
+    /// device's memory plan leaves free (every sequence at full length on the CPU).
+    #[arg(long)]
+    pub kv_cache_tokens: Option<usize>,
     #[arg(long)]
     pub clip_low: Option<f64>,
     #[arg(long)]
@@ -185,6 +190,7 @@ impl Args {
             ppo_epochs: self.ppo_epochs,
             mini_batch: self.mini_batch,
             micro_batch_tokens: self.micro_batch_tokens,
+            kv_cache_tokens: self.kv_cache_tokens,
             clip_low: self.clip_low,
             clip_high: self.clip_high,
             clip_c: self.clip_c,
@@ -267,15 +273,17 @@ fn preflight_run<B: Backend>(s: &RunSettings, dir: &std::path::Path, backend: &B
         Ok(l) => l,
         Err(_) => return Ok(()), // top-K and bad specs are reported where they are resolved
     };
-    let mut input = onelayer::train::run_plan_input(
-        s.prompts_per_step.unwrap_or(8),
-        s.group_size.unwrap_or(8),
-        s.max_new_tokens.unwrap_or(512),
-        s.optimizer.as_deref() != Some("sgd"),
-    );
-    input.micro_batch_tokens = s.micro_batch_tokens.unwrap_or_else(|| {
-        onelayer::train::choose_micro_batch_tokens(&cfg, &layers, input, backend.memory_info())
-    });
+    let input = onelayer::train::PlanInput {
+        kv_cache_tokens: s.kv_cache_tokens,
+        ..onelayer::train::run_plan_input(
+            s.prompts_per_step.unwrap_or(8),
+            s.group_size.unwrap_or(8),
+            s.max_new_tokens.unwrap_or(512),
+            s.optimizer.as_deref() != Some("sgd"),
+        )
+    };
+    let total = backend.memory_info().map(|(_, t)| t);
+    let input = onelayer::train::fit_to_device(&cfg, &layers, input, s.micro_batch_tokens, total);
     let plan = onelayer::train::MemoryPlan::new(&cfg, &layers, input);
     onelayer::train::preflight(&plan, free, &backend.name())
 }

@@ -6,13 +6,16 @@
 //! full `[tokens, vocab]` logits never exist at once.
 
 mod batch;
-mod forward;
+pub mod forward;
 mod kv_cache;
+mod paged;
 pub(crate) mod score;
 mod weights;
 
 pub use batch::TokenBatch;
+pub use forward::{KvStore, Scratch};
 pub use kv_cache::KvCache;
+pub use paged::{PagedIdx, PagedKvCache, PagedStore};
 pub use weights::{all_param_specs, layer_param_specs, LayerWeights, ModelWeights, ParamSpec};
 
 use crate::backend::accounting::{purpose, Purpose};

@@ -46,6 +46,7 @@ pub fn evaluate<B: Backend>(
         sampling,
         seed,
         stop_ids: codec.stop_ids().to_vec(),
+        kv_cache_tokens: None,
     };
     let mut counts = Vec::with_capacity(problems.len());
     let mut total = 0.0;

@@ -182,14 +182,20 @@ pub fn run_rl<B: Backend>(
     let cfg_path = out.join("config.toml");
     std::fs::write(&cfg_path, s.to_toml()).map_err(|e| Error::file(&cfg_path, e))?;
     let mut train_cfg = train_cfg;
-    if train_cfg.micro_batch_tokens.is_none() {
-        let adamw = matches!(train_cfg.optimizer, crate::train::Optimizer::AdamW(_));
-        let input = crate::train::run_plan_input(per_step, group, max_new, adamw);
-        let memory = model.backend.memory_info();
-        train_cfg.micro_batch_tokens = Some(crate::train::choose_micro_batch_tokens(
-            &model.cfg, &layers, input, memory,
-        ));
-    }
+    let adamw = matches!(train_cfg.optimizer, crate::train::Optimizer::AdamW(_));
+    let memory = model.backend.memory_info().map(|(_, total)| total);
+    let input = crate::train::fit_to_device(
+        &model.cfg,
+        &layers,
+        crate::train::PlanInput {
+            kv_cache_tokens: s.kv_cache_tokens,
+            ..crate::train::run_plan_input(per_step, group, max_new, adamw)
+        },
+        train_cfg.micro_batch_tokens,
+        memory,
+    );
+    train_cfg.micro_batch_tokens = Some(input.micro_batch_tokens);
+    let kv_cache_tokens = input.kv_cache_tokens;
     let mut trainer = Trainer::new(model, &layers, train_cfg)?;
     trainer.set_temperature(sampling.temperature)?;
     let mut start = 0;
@@ -246,6 +252,7 @@ pub fn run_rl<B: Backend>(
             sampling,
             seed: mix64(seed ^ mix64(step as u64)),
             stop_ids: codec.stop_ids().to_vec(),
+            kv_cache_tokens,
         };
         let batch = work.sample(
             trainer.model(),

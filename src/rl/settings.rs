@@ -41,6 +41,9 @@ pub struct RunSettings {
     /// Tokens per forward/backward pass (gradient accumulation over micro-batches);
     /// unset: chosen from the memory plan on a GPU, 16,384 elsewhere.
     pub micro_batch_tokens: Option<usize>,
+    /// Positions of the rollouts' paged KV cache; unset: what the memory plan leaves
+    /// free on a GPU, every sequence at full length elsewhere.
+    pub kv_cache_tokens: Option<usize>,
     pub clip_low: Option<f64>,
     pub clip_high: Option<f64>,
     pub clip_c: Option<f64>,
@@ -110,6 +113,7 @@ impl RunSettings {
             ppo_epochs,
             mini_batch,
             micro_batch_tokens,
+            kv_cache_tokens,
             clip_low,
             clip_high,
             clip_c,

@@ -273,6 +273,7 @@ impl Work {
                     sampling: SamplingParams::default(),
                     seed,
                     stop_ids: codec.stop_ids().to_vec(),
+                    kv_cache_tokens: None,
                 };
                 let first_id = (1u64 << 63) | ((step as u64) << 32);
                 let episodes = play(

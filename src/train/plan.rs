@@ -12,10 +12,12 @@
 //!   one micro-batch's activations (the inputs of the layers from the lowest trained
 //!   one up, one layer's recomputation with its backward temporaries, or the LM-head
 //!   loss with one chunk of f32 logits and their gradient);
-//! - the rollout's KV cache, `2 x layers x sequences x (prompt + new) x kv_dim` bf16,
-//!   released to the device when generation ends;
-//! - the rollout's activations: the prefill of the distinct prompts or one decode
-//!   step, with the last rows' f32 logits;
+//! - the rollout's paged KV cache, `2 x layers x kv_cache_tokens x kv_dim` bf16
+//!   (`--kv-cache-tokens`; default what the rest leaves of 90% of the device, at
+//!   most every sequence at full length), released to the device when generation
+//!   ends;
+//! - the rollout's activations: one prefill step (at most `MAX_PREFILL_TOKENS`) and
+//!   the widest decode step's fixed buffers, with their f32 logits;
 //! - a fixed allowance for the CUDA context's and cuBLAS's own memory, which the
 //!   allocator does not see.
 
@@ -46,12 +48,36 @@ pub struct PlanInput {
     pub keep_prefix: bool,
     /// AdamW (m and v) rather than SGD.
     pub adamw: bool,
+    /// Positions of the paged KV cache (`--kv-cache-tokens`); `None`: every
+    /// sequence at full length (`default_kv_cache_tokens` fits it to a device).
+    pub kv_cache_tokens: Option<usize>,
 }
 
 impl PlanInput {
     /// Tokens per sequence (prompt + completion).
     pub fn seq(&self) -> usize {
         self.prompt_len + self.max_new_tokens
+    }
+
+    /// KV positions for every sequence at full length: each distinct prompt's whole
+    /// blocks once, each sequence's tail and completion itself (`generate::sched`).
+    pub fn full_kv_tokens(&self) -> usize {
+        let bs = crate::generate::BLOCK_SIZE;
+        let shared = (self.prompt_len.max(1) - 1) / bs;
+        let all = crate::generate::Scheduler::blocks_for(self.prompt_len, self.max_new_tokens, bs);
+        (self.distinct_prompts * shared + self.rollout_seqs * (all - shared)) * bs
+    }
+
+    /// The KV cache's positions: the budget given, else every sequence at full length.
+    pub fn kv_tokens(&self) -> usize {
+        self.kv_cache_tokens
+            .unwrap_or_else(|| self.full_kv_tokens())
+    }
+
+    /// Rows of the widest decode step.
+    pub fn decode_rows(&self) -> usize {
+        let max = crate::generate::MAX_RUNNING.min(self.rollout_seqs.max(1));
+        crate::generate::step::bucket(max, max)
     }
 }
 
@@ -101,6 +127,23 @@ fn forward_scratch_per_token(cfg: &ModelConfig) -> usize {
     (4 * h + 2 * q + 3 * kv + 3 * i) * 2 + 12
 }
 
+/// Bytes per row of a decode step's buffers (`generate::step::DecodeStep`): the
+/// forward scratch with the residual stream and final hidden state, the row's f32
+/// logits, the split attention's partials over `max_context` positions, the indices.
+pub fn decode_row_bytes(cfg: &ModelConfig, max_context: usize) -> usize {
+    let splits = max_context.div_ceil(512).max(1);
+    let width = max_context.div_ceil(crate::generate::BLOCK_SIZE);
+    forward_scratch_per_token(cfg)
+        + cfg.vocab_size * 4
+        + splits * cfg.num_attention_heads * (cfg.head_dim + 2) * 4
+        + (7 + width) * 4
+}
+
+/// Bytes per token of a prefill step (forward scratch and its indices).
+pub fn prefill_token_bytes(cfg: &ModelConfig) -> usize {
+    forward_scratch_per_token(cfg) + 20
+}
+
 impl MemoryPlan {
     pub fn new(cfg: &ModelConfig, train: &TrainLayers, p: PlanInput) -> Self {
         let bf16 = 2;
@@ -132,16 +175,18 @@ impl MemoryPlan {
             0
         };
 
-        // Rollout: the cache, then the wider of the prefill and a decode step.
-        let kv_cache = 2 * layers * p.rollout_seqs * seq * kv * bf16;
-        let prefill_tokens = p.distinct_prompts * p.prompt_len;
-        let rows = p.rollout_seqs;
-        let last_rows = rows * (h * bf16 + v * 4);
-        let decode_attn = rows * cfg.num_attention_heads * (cfg.head_dim + 2) * 4;
-        let rollout_activations = (prefill_tokens * forward_scratch_per_token(cfg))
-            .max(rows * forward_scratch_per_token(cfg) + decode_attn)
-            + last_rows;
-
+        // Rollout: the paged cache (one block more, for decode padding rows), a
+        // prefill step (its tokens' scratch, the drawing rows' logits) and the
+        // widest decode step's buffers.
+        let bs = crate::generate::BLOCK_SIZE;
+        let kv_cache = (p.kv_tokens().div_ceil(bs) + 1) * bs * 2 * layers * kv * bf16;
+        let prefill_tokens = crate::generate::MAX_PREFILL_TOKENS
+            .min(p.distinct_prompts * p.prompt_len + p.rollout_seqs * bs);
+        let drawing = p.rollout_seqs.min(prefill_tokens);
+        let prefill = prefill_tokens * prefill_token_bytes(cfg) + drawing * (2 * h * bf16 + v * 4);
+        let decode = p.decode_rows() * decode_row_bytes(cfg, seq);
+        // the decode step's buffers stay made through later prefill steps
+        let rollout_activations = prefill + decode;
         MemoryPlan {
             weights: total * bf16,
             trained_params,
@@ -219,9 +264,9 @@ impl MemoryPlan {
                 "--micro-batch-tokens",
             ),
             (
-                "KV cache (rollouts)",
+                "KV cache (rollouts, paged)",
                 self.kv_cache,
-                "--prompts-per-step / --group-size / --max-new-tokens",
+                "--kv-cache-tokens",
             ),
             (
                 "rollout activations (prefill / decode step)",
@@ -260,7 +305,74 @@ pub fn run_plan_input(prompts: usize, group: usize, max_new: usize, adamw: bool)
         micro_batch_tokens: CPU_MICRO_BATCH_TOKENS,
         keep_prefix: true,
         adamw,
+        kv_cache_tokens: None,
     }
+}
+
+/// Fill in what the user left unset for a device of `capacity` bytes (`None`: the
+/// CPU): `--micro-batch-tokens` (`micro`) first, planned beside a KV cache of at
+/// most half the device, then `--kv-cache-tokens` from what that leaves. On the CPU:
+/// the CPU micro-batch and every sequence at full length.
+pub fn fit_to_device(
+    cfg: &ModelConfig,
+    train: &TrainLayers,
+    p: PlanInput,
+    micro: Option<usize>,
+    capacity: Option<usize>,
+) -> PlanInput {
+    let Some(capacity) = capacity else {
+        return PlanInput {
+            micro_batch_tokens: micro.unwrap_or(CPU_MICRO_BATCH_TOKENS),
+            ..p
+        };
+    };
+    let per_token = 2 * cfg.num_hidden_layers * cfg.kv_dim() * 2;
+    let half = (capacity / 2 / per_token).min(p.full_kv_tokens());
+    let micro_batch_tokens = micro.unwrap_or_else(|| {
+        let beside = PlanInput {
+            kv_cache_tokens: Some(p.kv_cache_tokens.unwrap_or(half)),
+            ..p
+        };
+        default_micro_batch_tokens(cfg, train, beside, capacity)
+    });
+    let p = PlanInput {
+        micro_batch_tokens,
+        ..p
+    };
+    PlanInput {
+        kv_cache_tokens: Some(
+            p.kv_cache_tokens
+                .unwrap_or_else(|| default_kv_cache_tokens(cfg, train, p, capacity)),
+        ),
+        ..p
+    }
+}
+
+/// `--kv-cache-tokens` when not given: what the plan leaves free in 90% of
+/// `capacity` after everything else (the training working set stays cached, so
+/// training allocates nothing after its first step), in whole blocks, at most what
+/// every sequence at full length needs. Never below one sequence: the preflight then
+/// says what does not fit.
+pub fn default_kv_cache_tokens(
+    cfg: &ModelConfig,
+    train: &TrainLayers,
+    p: PlanInput,
+    capacity: usize,
+) -> usize {
+    let bs = crate::generate::BLOCK_SIZE;
+    let one = crate::generate::Scheduler::blocks_for(p.prompt_len, p.max_new_tokens, bs) * bs;
+    let without = MemoryPlan::new(
+        cfg,
+        train,
+        PlanInput {
+            kv_cache_tokens: Some(0),
+            ..p
+        },
+    );
+    let per_token = 2 * cfg.num_hidden_layers * cfg.kv_dim() * 2;
+    let room = (0.9 * capacity as f64) as usize;
+    let left = room.saturating_sub(without.total()) / per_token / bs * bs;
+    left.saturating_sub(bs).min(p.full_kv_tokens()).max(one)
 }
 
 /// `--micro-batch-tokens` when not given: from the plan on a device that reports
@@ -342,6 +454,7 @@ mod tests {
             micro_batch_tokens: 16_384,
             keep_prefix: true,
             adamw: true,
+            kv_cache_tokens: None,
         }
     }
 
@@ -368,7 +481,7 @@ mod tests {
         };
         let p_big = MemoryPlan::new(&cfg, &TrainLayers::parse("18", 36).unwrap(), big);
         assert_eq!(p_big.train_activations, one.train_activations);
-        assert_eq!(p_big.kv_cache, 16 * one.kv_cache);
+        assert!(p_big.kv_cache > 15 * one.kv_cache && p_big.kv_cache < 16 * one.kv_cache);
     }
 
     #[test]
@@ -398,7 +511,7 @@ mod tests {
         let plan = MemoryPlan::new(&cfg, &layers, huge);
         let e = preflight(&plan, cap, "GPU 0").unwrap_err().to_string();
         assert!(
-            e.contains("KV cache") && e.contains("--max-new-tokens"),
+            e.contains("KV cache") && e.contains("--kv-cache-tokens"),
             "{e}"
         );
         assert_eq!(e.lines().count(), 1);

@@ -13,6 +13,7 @@ mod gemm;
 mod grad_tests;
 pub mod loss;
 mod norm;
+mod paged;
 mod real;
 mod rope;
 
@@ -22,14 +23,27 @@ pub use elementwise::{
 };
 pub use gemm::{linear, linear_backward_input, linear_backward_weight};
 pub use norm::{rmsnorm, rmsnorm_backward, rmsnorm_saved};
+pub use paged::{attention_paged, kv_write_paged, physical_row};
 pub use real::Real;
 pub use rope::{inv_freq, rope, rope_backward};
 
-use super::{AttnDims, Backend, LossConfig, LossRows};
+use super::{AttnDims, Backend, LossConfig, LossRows, PagedDims};
 use crate::sampling::{hash_uniform, sample, SamplingParams};
 use crate::train::AdamW;
 use crate::Result;
 use std::marker::PhantomData;
+
+/// `Backend::set_len` on a `Vec`: within its capacity, so it never reallocates.
+fn set_len_within<V: Clone>(v: &mut Vec<V>, len: usize, fill: V) -> Result<()> {
+    if len > v.capacity() {
+        return Err(crate::Error::invalid(format!(
+            "set_len: {len} elements in a buffer of {}",
+            v.capacity()
+        )));
+    }
+    v.resize(len, fill);
+    Ok(())
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend<T: Real = f32> {
@@ -192,6 +206,75 @@ impl<T: Real> Backend for CpuBackend<T> {
         scale: f32,
     ) -> Result<()> {
         attention(out, q, k_cache, v_cache, slot, pos, d, scale);
+        Ok(())
+    }
+
+    fn kv_write_paged(
+        &self,
+        cache: &mut Vec<T>,
+        x: &Vec<T>,
+        rows: &Vec<u32>,
+        d: PagedDims,
+    ) -> Result<()> {
+        kv_write_paged(cache, x, rows, d);
+        Ok(())
+    }
+
+    fn attention_paged(
+        &self,
+        out: &mut Vec<T>,
+        q: &Vec<T>,
+        k_cache: &Vec<T>,
+        v_cache: &Vec<T>,
+        table: &Vec<u32>,
+        seq: &Vec<u32>,
+        pos: &Vec<u32>,
+        d: PagedDims,
+        scale: f32,
+        _decode: Option<&mut Vec<T>>,
+    ) -> Result<()> {
+        attention_paged(out, q, k_cache, v_cache, table, seq, pos, d, scale);
+        Ok(())
+    }
+
+    fn set_len(&self, buf: &mut Vec<T>, len: usize) -> Result<()> {
+        set_len_within(buf, len, T::zero())
+    }
+
+    fn set_idx_len(&self, idx: &mut Vec<u32>, len: usize) -> Result<()> {
+        set_len_within(idx, len, 0)
+    }
+
+    fn upload_idx_into(&self, dst: &mut Vec<u32>, host: &[u32]) -> Result<()> {
+        assert_eq!(dst.len(), host.len(), "upload_idx_into: lengths");
+        dst.copy_from_slice(host);
+        Ok(())
+    }
+
+    fn download_idx(&self, src: &Vec<u32>, n: usize) -> Result<Vec<u32>> {
+        Ok(src[..n].to_vec())
+    }
+
+    fn sample_into(
+        &self,
+        out: &mut Vec<u32>,
+        logits: &Vec<T>,
+        streams: &Vec<u32>,
+        rows: usize,
+        vocab: usize,
+        p: &SamplingParams,
+        seed: u64,
+    ) -> Result<()> {
+        assert!(
+            out.len() >= rows && streams.len() >= 2 * rows,
+            "sample_into: sizes"
+        );
+        assert_eq!(logits.len(), rows * vocab, "sample_into: logits");
+        for (r, row) in logits.chunks(vocab).enumerate() {
+            let row: Vec<f32> = row.iter().map(|&v| v.to_f32()).collect();
+            let stream = streams[2 * r] as u64 | (streams[2 * r + 1] as u64) << 32;
+            out[r] = sample(&row, p, seed, stream);
+        }
         Ok(())
     }
 

@@ -103,6 +103,7 @@ pub fn attention_saved(
         k_cache,
         v_cache,
         &tiles,
+        None,
         d,
         dt,
         scale,

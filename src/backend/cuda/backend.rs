@@ -12,7 +12,7 @@ use super::launch::{grid_1d, int, launch, ptr, Launch};
 use super::pool::PoolDevice;
 use crate::backend::accounting::{DeviceCounts, MemoryReport, Purpose};
 use crate::backend::cpu::inv_freq;
-use crate::backend::{AttnDims, Backend, LossConfig, LossRows};
+use crate::backend::{AttnDims, Backend, LossConfig, LossRows, PagedDims};
 use crate::sampling::SamplingParams;
 use crate::train::AdamW;
 use crate::{Error, Result};
@@ -75,6 +75,16 @@ impl CudaBackend {
         cache.insert((head_dim, theta.to_bits()), buf.clone());
         Ok(buf)
     }
+}
+
+fn check_idx_len(idx: &CudaIdx, len: usize, what: &str) -> Result<()> {
+    if idx.host.len() != len {
+        return Err(Error::invalid(format!(
+            "{what}: {} indices, expected {len}",
+            idx.host.len()
+        )));
+    }
+    Ok(())
 }
 
 pub(super) fn check_len(buf: &CudaBuf, len: usize, what: &str) -> Result<()> {
@@ -404,9 +414,191 @@ impl Backend for CudaBackend {
         } else {
             let tiles = self.upload_idx(&tiles.iter().map(|&v| v as u32).collect::<Vec<_>>())?;
             super::launch::attention_prefill(
-                &*self.dev, out, None, q, k_cache, v_cache, &tiles, d, dt, scale,
+                &*self.dev, out, None, q, k_cache, v_cache, &tiles, None, d, dt, scale,
             )
         }
+    }
+
+    fn kv_write_paged(
+        &self,
+        cache: &mut CudaBuf,
+        x: &CudaBuf,
+        rows: &CudaIdx,
+        d: PagedDims,
+    ) -> Result<()> {
+        check_len(cache, d.cache_len(), "paged kv cache")?;
+        let row = d.kv_heads * d.head_dim;
+        check_len(x, d.tokens * row, "kv_write_paged x")?;
+        check_idx_len(rows, d.tokens, "kv_write_paged rows")?;
+        if let Some(r) = rows
+            .host
+            .iter()
+            .find(|&&r| r as usize >= d.blocks * d.block_size)
+        {
+            return Err(Error::invalid(format!(
+                "kv_write_paged: row {r} outside the cache"
+            )));
+        }
+        let args = [
+            ptr(cache.expect(DType::Bf16, "kv cache")?),
+            ptr(x.expect(DType::Bf16, "kv_write x")?),
+            ptr(rows.buf.ptr()),
+            int(d.tokens, "tokens")?,
+            int(row, "row")?,
+        ];
+        launch(
+            &*self.dev,
+            "kv_write_paged_forward_bf16",
+            Launch::new([d.tokens as u32, 1, 1], 128),
+            &args,
+        )
+    }
+
+    fn attention_paged(
+        &self,
+        out: &mut CudaBuf,
+        q: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        table: &CudaIdx,
+        seq: &CudaIdx,
+        pos: &CudaIdx,
+        d: PagedDims,
+        scale: f32,
+        decode: Option<&mut CudaBuf>,
+    ) -> Result<()> {
+        check_len(out, d.tokens * d.heads * d.head_dim, "attention out")?;
+        check_len(q, d.tokens * d.heads * d.head_dim, "attention q")?;
+        check_len(k_cache, d.cache_len(), "attention k_cache")?;
+        check_len(v_cache, d.cache_len(), "attention v_cache")?;
+        check_idx_len(table, d.table_rows * d.table_width, "attention block table")?;
+        check_idx_len(seq, d.tokens, "attention seq")?;
+        check_idx_len(pos, d.tokens, "attention pos")?;
+        if d.heads % d.kv_heads != 0 {
+            return Err(Error::invalid(
+                "attention: heads is not a multiple of kv_heads",
+            ));
+        }
+        if let Some(work) = decode {
+            return super::launch::attention_paged_decode(
+                &*self.dev, out, work, q, k_cache, v_cache, table, seq, pos, d, scale,
+            );
+        }
+        let dt = padded_head_dim(d.head_dim).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "head_dim {} on CUDA (a multiple of 16 up to 256)",
+                d.head_dim
+            ))
+        })?;
+        for (&r, &p) in seq.host.iter().zip(&pos.host) {
+            let (r, last) = (r as usize, p as usize / d.block_size);
+            let ok = r < d.table_rows
+                && last < d.table_width
+                && table.host[r * d.table_width..=r * d.table_width + last]
+                    .iter()
+                    .all(|&b| (b as usize) < d.blocks);
+            if !ok {
+                return Err(Error::invalid(format!(
+                    "attention_paged: table row {r} position {p} outside the table or cache"
+                )));
+            }
+        }
+        let tiles = prefill_tiles(&seq.host, &pos.host);
+        let tiles = self.upload_idx(&tiles.iter().map(|&v| v as u32).collect::<Vec<_>>())?;
+        let ad = AttnDims {
+            tokens: d.tokens,
+            heads: d.heads,
+            kv_heads: d.kv_heads,
+            head_dim: d.head_dim,
+            slots: d.table_rows,
+            max_len: d.max_context(),
+        };
+        super::launch::attention_prefill(
+            &*self.dev,
+            out,
+            None,
+            q,
+            k_cache,
+            v_cache,
+            &tiles,
+            Some((table, d)),
+            ad,
+            dt,
+            scale,
+        )
+    }
+
+    fn paged_decode_work_len(&self, d: PagedDims) -> usize {
+        super::launch::paged_decode_work_len(&d)
+    }
+
+    fn set_len(&self, buf: &mut CudaBuf, len: usize) -> Result<()> {
+        buf.set_len(len)
+    }
+
+    fn set_idx_len(&self, idx: &mut CudaIdx, len: usize) -> Result<()> {
+        idx.buf.set_len(len)?;
+        idx.host.resize(len, 0);
+        Ok(())
+    }
+
+    fn upload_idx_into(&self, dst: &mut CudaIdx, host: &[u32]) -> Result<()> {
+        check_idx_len(dst, host.len(), "upload_idx_into")?;
+        let bytes: Vec<u8> = host.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.dev.upload(dst.buf.ptr(), &bytes)?;
+        dst.host.copy_from_slice(host);
+        Ok(())
+    }
+
+    fn download_idx(&self, src: &CudaIdx, n: usize) -> Result<Vec<u32>> {
+        if n > src.host.len() {
+            return Err(Error::invalid(format!(
+                "download_idx: {n} of {} indices",
+                src.host.len()
+            )));
+        }
+        let mut bytes = vec![0u8; n * 4];
+        self.dev.download(src.buf.ptr(), &mut bytes)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    fn sample_into(
+        &self,
+        out: &mut CudaIdx,
+        logits: &CudaBuf,
+        streams: &CudaIdx,
+        rows: usize,
+        vocab: usize,
+        p: &SamplingParams,
+        seed: u64,
+    ) -> Result<()> {
+        check_len(logits, rows * vocab, "sample logits")?;
+        if out.host.len() < rows || streams.host.len() < 2 * rows {
+            return Err(Error::invalid(format!(
+                "sample_into: {rows} rows need {rows} outputs and {} stream words",
+                2 * rows
+            )));
+        }
+        let args = [
+            ptr(out.buf.ptr()),
+            ptr(logits.expect(DType::F32, "sample logits")?),
+            ptr(streams.buf.ptr()),
+            int(rows, "rows")?,
+            int(vocab, "vocab")?,
+            KernelArg::F32(p.temperature),
+            int(p.top_k.min(vocab), "top_k")?,
+            KernelArg::F32(p.top_p),
+            KernelArg::U64(seed),
+        ];
+        launch(
+            &*self.dev,
+            "sample_forward_f32",
+            Launch::new([rows as u32, 1, 1], 512),
+            &args,
+        )
     }
 
     fn swiglu(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf, n: usize) -> Result<()> {

@@ -24,6 +24,8 @@ impl DType {
 pub struct CudaBuf {
     pub(super) ptr: DevicePtr,
     pub(super) len: usize,
+    /// Elements allocated (`len` may be set lower, `set_len`).
+    cap: usize,
     pub(super) dtype: DType,
     dev: Arc<dyn Device>,
 }
@@ -34,6 +36,7 @@ impl CudaBuf {
         Ok(CudaBuf {
             ptr,
             len,
+            cap: len,
             dtype,
             dev: dev.clone(),
         })
@@ -57,6 +60,18 @@ impl CudaBuf {
 
     pub fn bytes(&self) -> usize {
         self.len * self.dtype.size()
+    }
+
+    /// Use the first `len` allocated elements (at most the allocation).
+    pub(super) fn set_len(&mut self, len: usize) -> Result<()> {
+        if len > self.cap {
+            return Err(Error::invalid(format!(
+                "set_len: {len} elements in a buffer of {}",
+                self.cap
+            )));
+        }
+        self.len = len;
+        Ok(())
     }
 
     /// Fail unless this buffer holds `dtype`.

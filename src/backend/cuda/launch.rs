@@ -5,7 +5,7 @@ use super::attention_plan::TILE_ROWS;
 use super::backend::{plan_decode, CudaBackend};
 use super::buffers::{CudaBuf, CudaIdx, DType};
 use super::device::{Device, DevicePtr, KernelArg, LaunchConfig};
-use crate::backend::{AttnDims, Backend};
+use crate::backend::{AttnDims, Backend, PagedDims};
 use crate::{Error, Result};
 
 /// Grid, block and dynamic shared memory of one launch.
@@ -74,7 +74,9 @@ pub fn rmsnorm_bf16(
 }
 
 /// attention_prefill_d{32,64,128,256}_forward_bf16: grid (tiles, heads), 128 threads.
-/// `lse` (f32 `[tokens, heads]`) is written when given (training saves it).
+/// `lse` (f32 `[tokens, heads]`) is written when given (training saves it). With
+/// `paged` (the block table and its dims), tiles name table rows and the caches are
+/// paged (`d.slots`, `d.max_len` unused).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_prefill(
     dev: &dyn Device,
@@ -84,6 +86,7 @@ pub fn attention_prefill(
     k_cache: &CudaBuf,
     v_cache: &CudaBuf,
     tiles: &CudaIdx,
+    paged: Option<(&CudaIdx, PagedDims)>,
     d: AttnDims,
     padded_dim: usize,
     scale: f32,
@@ -111,6 +114,9 @@ pub fn attention_prefill(
         ptr(k_cache.expect(DType::Bf16, "k cache")?),
         ptr(v_cache.expect(DType::Bf16, "v cache")?),
         ptr(tiles.buf.ptr()),
+        ptr(paged.map_or(DevicePtr(0), |(t, _)| t.buf.ptr())),
+        int(paged.map_or(0, |(_, p)| p.table_width), "table_width")?,
+        int(paged.map_or(1, |(_, p)| p.block_size), "block_size")?,
         int(d.heads, "heads")?,
         int(d.kv_heads, "kv_heads")?,
         int(d.head_dim, "head_dim")?,
@@ -200,6 +206,124 @@ pub fn attention_decode(
         dev,
         "attention_decode_combine_forward_bf16",
         Launch::new([d.tokens as u32, d.heads as u32, 1], 64),
+        &args,
+    )
+}
+
+/// The decode kernel instantiated for `head_dim` and the GQA group: (name, HD, GH).
+pub fn paged_decode_kernel(head_dim: usize, group: usize) -> Result<(&'static str, usize, usize)> {
+    const NAMES: [[&str; 4]; 3] = [
+        [
+            "attention_paged_decode_d64_g1_bf16",
+            "attention_paged_decode_d64_g2_bf16",
+            "attention_paged_decode_d64_g4_bf16",
+            "attention_paged_decode_d64_g8_bf16",
+        ],
+        [
+            "attention_paged_decode_d128_g1_bf16",
+            "attention_paged_decode_d128_g2_bf16",
+            "attention_paged_decode_d128_g4_bf16",
+            "attention_paged_decode_d128_g8_bf16",
+        ],
+        [
+            "attention_paged_decode_d256_g1_bf16",
+            "attention_paged_decode_d256_g2_bf16",
+            "attention_paged_decode_d256_g4_bf16",
+            "attention_paged_decode_d256_g8_bf16",
+        ],
+    ];
+    if head_dim == 0 || head_dim % 8 != 0 || head_dim > 256 {
+        return Err(Error::Unsupported(format!(
+            "paged decode attention head_dim {head_dim} (a multiple of 8 up to 256)"
+        )));
+    }
+    let hd = [64, 128, 256]
+        .iter()
+        .position(|&d| head_dim <= d)
+        .unwrap_or(2);
+    let gh = [1, 2, 4, 8].iter().position(|&g| group <= g).unwrap_or(3);
+    Ok((NAMES[hd][gh], [64, 128, 256][hd], [1, 2, 4, 8][gh]))
+}
+
+/// Keys per split of the paged decode kernel (`PD_CHUNK` in attention_paged.cu).
+pub const PAGED_DECODE_CHUNK: usize = 512;
+
+/// Splits of the paged decode kernel for `d` (fixed by the table's reach, so the
+/// launch is the same every step).
+pub fn paged_decode_splits(d: &PagedDims) -> usize {
+    d.max_context().div_ceil(PAGED_DECODE_CHUNK).max(1)
+}
+
+/// f32 elements of the paged decode workspace: part_o then part_ml.
+pub fn paged_decode_work_len(d: &PagedDims) -> usize {
+    paged_decode_splits(d) * d.tokens * d.heads * (d.head_dim + 2)
+}
+
+/// attention_paged_decode_d*_g* + attention_paged_decode_combine: no allocation,
+/// no host reads (capturable).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_paged_decode(
+    dev: &dyn Device,
+    out: &mut CudaBuf,
+    work: &mut CudaBuf,
+    q: &CudaBuf,
+    k_cache: &CudaBuf,
+    v_cache: &CudaBuf,
+    table: &CudaIdx,
+    seq: &CudaIdx,
+    pos: &CudaIdx,
+    d: PagedDims,
+    scale: f32,
+) -> Result<()> {
+    let group = d.heads / d.kv_heads;
+    let (kernel, _, gh) = paged_decode_kernel(d.head_dim, group)?;
+    let splits = paged_decode_splits(&d);
+    let need = paged_decode_work_len(&d);
+    if work.len() < need || work.dtype() != DType::F32 {
+        return Err(Error::invalid(format!(
+            "paged decode workspace: {} elements of {:?}, need {need} of F32",
+            work.len(),
+            work.dtype()
+        )));
+    }
+    let part_o = work.ptr();
+    let part_ml = DevicePtr(part_o.0 + (splits * d.tokens * d.heads * d.head_dim * 4) as u64);
+    let args = [
+        ptr(part_o),
+        ptr(part_ml),
+        ptr(q.expect(DType::Bf16, "attention q")?),
+        ptr(k_cache.expect(DType::Bf16, "k cache")?),
+        ptr(v_cache.expect(DType::Bf16, "v cache")?),
+        ptr(table.buf.ptr()),
+        ptr(seq.buf.ptr()),
+        ptr(pos.buf.ptr()),
+        int(d.tokens, "tokens")?,
+        int(d.heads, "heads")?,
+        int(d.kv_heads, "kv_heads")?,
+        int(d.head_dim, "head_dim")?,
+        int(d.table_width, "table_width")?,
+        int(d.block_size, "block_size")?,
+        KernelArg::F32(scale),
+    ];
+    let grid = [
+        d.tokens as u32,
+        (d.kv_heads * group.div_ceil(gh)) as u32,
+        splits as u32,
+    ];
+    launch(dev, kernel, Launch::new(grid, 128), &args)?;
+    let args = [
+        ptr(out.expect(DType::Bf16, "attention out")?),
+        ptr(part_o),
+        ptr(part_ml),
+        ptr(pos.buf.ptr()),
+        int(d.tokens, "tokens")?,
+        int(d.heads, "heads")?,
+        int(d.head_dim, "head_dim")?,
+    ];
+    launch(
+        dev,
+        "attention_paged_decode_combine_bf16",
+        Launch::new([d.tokens as u32, d.heads as u32, 1], 128),
         &args,
     )
 }
