@@ -17,9 +17,11 @@
 //   int32; part_o [splits, tokens, heads, head_dim] f32 and part_ml [splits,
 //   tokens, heads, 2] f32 (m, l), splits = ceil(table_width * block_size /
 //   PD_CHUNK). head_dim a multiple of 8, at most HD.
-// Specialisation: HD = 64, 128 or 256 (head_dim padded up to it) and GH = 1, 2, 4
-//   or 8 query heads per block (the GQA group, or 8 of it), so registers are sized
-//   for the model, not the worst case: GH x 8 query and GH x 8 output floats per lane.
+// Specialisation: HD = 64, 128 or 256 (head_dim padded up to it) and GH = 2, 4 or 8
+//   query heads per block (the GQA group, or 8 of it; a group of 1 runs as GH = 2,
+//   whose instantiation has no spills where GH = 1's had a 4-byte one), so registers
+//   are sized for the model, not the worst case: GH x 8 query and GH x 8 output
+//   floats per lane.
 // Launch (split): grid (tokens, kv_heads * ceil(group / GH), splits), 128 threads =
 //   4 warps. A key row of HD bf16 is read by HD / 8 lanes with one 16-byte load each
 //   (K and V), so a warp reads 256 / HD keys at once and each K/V row is read once for
@@ -37,12 +39,14 @@
 
 // Eight bf16 of a 16-byte word as floats.
 __device__ __forceinline__ void unpack8(const uint4 w, float* f) {
-    const uint32_t u[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        f[2 * i] = __uint_as_float(u[i] << 16);
-        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-    }
+    f[0] = __uint_as_float(w.x << 16);
+    f[1] = __uint_as_float(w.x & 0xffff0000u);
+    f[2] = __uint_as_float(w.y << 16);
+    f[3] = __uint_as_float(w.y & 0xffff0000u);
+    f[4] = __uint_as_float(w.z << 16);
+    f[5] = __uint_as_float(w.z & 0xffff0000u);
+    f[6] = __uint_as_float(w.w << 16);
+    f[7] = __uint_as_float(w.w & 0xffff0000u);
 }
 
 // Merge (m2, l2, o2) into (m, l, o): the online-softmax union of two key sets.
@@ -190,15 +194,6 @@ __device__ void paged_decode_split(float* __restrict__ part_o, float* __restrict
 
 // One kernel per (HD, GH), spelled out (build.rs parses kernel declarations literally).
 extern "C" __global__ void __launch_bounds__(PD_THREADS)
-attention_paged_decode_d64_g1_bf16(float* part_o, float* part_ml, const bf16* q, const bf16* k_cache,
-                                   const bf16* v_cache, const int* table, const int* seq, const int* pos,
-                                   int tokens, int heads, int kv_heads, int head_dim, int table_width,
-                                   int block_size, float scale) {
-    paged_decode_split<64, 1>(part_o, part_ml, q, k_cache, v_cache, table, seq, pos, tokens, heads, kv_heads,
-                             head_dim, table_width, block_size, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(PD_THREADS)
 attention_paged_decode_d64_g2_bf16(float* part_o, float* part_ml, const bf16* q, const bf16* k_cache,
                                    const bf16* v_cache, const int* table, const int* seq, const int* pos,
                                    int tokens, int heads, int kv_heads, int head_dim, int table_width,
@@ -226,15 +221,6 @@ attention_paged_decode_d64_g8_bf16(float* part_o, float* part_ml, const bf16* q,
 }
 
 extern "C" __global__ void __launch_bounds__(PD_THREADS)
-attention_paged_decode_d128_g1_bf16(float* part_o, float* part_ml, const bf16* q, const bf16* k_cache,
-                                   const bf16* v_cache, const int* table, const int* seq, const int* pos,
-                                   int tokens, int heads, int kv_heads, int head_dim, int table_width,
-                                   int block_size, float scale) {
-    paged_decode_split<128, 1>(part_o, part_ml, q, k_cache, v_cache, table, seq, pos, tokens, heads, kv_heads,
-                             head_dim, table_width, block_size, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(PD_THREADS)
 attention_paged_decode_d128_g2_bf16(float* part_o, float* part_ml, const bf16* q, const bf16* k_cache,
                                    const bf16* v_cache, const int* table, const int* seq, const int* pos,
                                    int tokens, int heads, int kv_heads, int head_dim, int table_width,
@@ -258,15 +244,6 @@ attention_paged_decode_d128_g8_bf16(float* part_o, float* part_ml, const bf16* q
                                    int tokens, int heads, int kv_heads, int head_dim, int table_width,
                                    int block_size, float scale) {
     paged_decode_split<128, 8>(part_o, part_ml, q, k_cache, v_cache, table, seq, pos, tokens, heads, kv_heads,
-                             head_dim, table_width, block_size, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(PD_THREADS)
-attention_paged_decode_d256_g1_bf16(float* part_o, float* part_ml, const bf16* q, const bf16* k_cache,
-                                   const bf16* v_cache, const int* table, const int* seq, const int* pos,
-                                   int tokens, int heads, int kv_heads, int head_dim, int table_width,
-                                   int block_size, float scale) {
-    paged_decode_split<256, 1>(part_o, part_ml, q, k_cache, v_cache, table, seq, pos, tokens, heads, kv_heads,
                              head_dim, table_width, block_size, scale);
 }
 

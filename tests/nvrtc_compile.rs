@@ -38,6 +38,18 @@ fn check_one(nv: &Nvrtc, src: &KernelSource, arch: Arch) -> Result<(), String> {
         return Err(format!("{} {arch}: CUBIN is not an ELF image", src.file));
     }
     let report = ptxas::parse(&c.log);
+    // The decode path's kernels must not spill (their registers are sized per
+    // specialisation, DESIGN.md section 4).
+    if src.file == "attention_paged.cu" || src.file == "kv_write.cu" {
+        for r in &report {
+            if r.spill_store_bytes + r.spill_load_bytes > 0 {
+                return Err(format!(
+                    "{} {arch}: kernel {} spills ({} bytes stored, {} loaded)",
+                    src.file, r.kernel, r.spill_store_bytes, r.spill_load_bytes
+                ));
+            }
+        }
+    }
     for k in src.kernels {
         if !report.iter().any(|r| r.kernel == k.name) {
             return Err(format!(

@@ -212,21 +212,18 @@ pub fn attention_decode(
 
 /// The decode kernel instantiated for `head_dim` and the GQA group: (name, HD, GH).
 pub fn paged_decode_kernel(head_dim: usize, group: usize) -> Result<(&'static str, usize, usize)> {
-    const NAMES: [[&str; 4]; 3] = [
+    const NAMES: [[&str; 3]; 3] = [
         [
-            "attention_paged_decode_d64_g1_bf16",
             "attention_paged_decode_d64_g2_bf16",
             "attention_paged_decode_d64_g4_bf16",
             "attention_paged_decode_d64_g8_bf16",
         ],
         [
-            "attention_paged_decode_d128_g1_bf16",
             "attention_paged_decode_d128_g2_bf16",
             "attention_paged_decode_d128_g4_bf16",
             "attention_paged_decode_d128_g8_bf16",
         ],
         [
-            "attention_paged_decode_d256_g1_bf16",
             "attention_paged_decode_d256_g2_bf16",
             "attention_paged_decode_d256_g4_bf16",
             "attention_paged_decode_d256_g8_bf16",
@@ -241,8 +238,8 @@ pub fn paged_decode_kernel(head_dim: usize, group: usize) -> Result<(&'static st
         .iter()
         .position(|&d| head_dim <= d)
         .unwrap_or(2);
-    let gh = [1, 2, 4, 8].iter().position(|&g| group <= g).unwrap_or(3);
-    Ok((NAMES[hd][gh], [64, 128, 256][hd], [1, 2, 4, 8][gh]))
+    let gh = [2, 4, 8].iter().position(|&g| group <= g).unwrap_or(2);
+    Ok((NAMES[hd][gh], [64, 128, 256][hd], [2, 4, 8][gh]))
 }
 
 /// Keys per split of the paged decode kernel (`PD_CHUNK` in attention_paged.cu).
