@@ -99,6 +99,48 @@ fn resume_equals_uninterrupted() {
     let _ = std::fs::remove_dir_all(&b);
 }
 
+/// The demo with a KV cache far below what a step needs (16 positions, one block:
+/// one sequence at a time where the step's 32 need 32 blocks) trains exactly the
+/// weights of the unconstrained run.
+#[test]
+fn a_small_kv_cache_trains_the_same_weights() {
+    let common = [
+        "--device",
+        "cpu",
+        "--steps",
+        "4",
+        "--prompts-per-step",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--eval-every",
+        "0",
+    ];
+    let a = tmp("kv-full");
+    let b = tmp("kv-small");
+    let mut args = vec!["run", "--out", a.to_str().unwrap()];
+    args.extend(common);
+    run_ok(&args);
+    let mut args = vec!["run", "--out", b.to_str().unwrap(), "--kv-cache-tokens", "16"];
+    args.extend(common);
+    run_ok(&args);
+    let wa = std::fs::read(a.join("trained.safetensors")).unwrap();
+    let wb = std::fs::read(b.join("trained.safetensors")).unwrap();
+    assert!(wa == wb, "a small KV cache changed the trained weights");
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert!(
+        ma.iter().any(|m| m["grad_norm"].as_f64().unwrap() > 0.0),
+        "no step updated the weights: the comparison would be empty"
+    );
+    for (x, y) in ma.iter().zip(&mb) {
+        for k in ["reward_mean", "loss", "response_length_mean", "grad_norm"] {
+            assert_eq!(x[k], y[k], "metric {k}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}
+
 #[test]
 fn bad_settings_are_one_line_errors() {
     let dir = tmp("bad");
@@ -121,6 +163,14 @@ fn bad_settings_are_one_line_errors() {
             "--data",
         ),
         (vec!["run", "--group-size", "0", "--out", d], "--group-size"),
+        (
+            vec!["run", "--kv-cache-tokens", "0", "--out", d],
+            "--kv-cache-tokens",
+        ),
+        (
+            vec!["run", "--kv-cache-tokens", "8", "--max-new-tokens", "30", "--out", d],
+            "--kv-cache-tokens",
+        ),
         (
             vec!["run", "--train-layer", "9", "--out", d],
             "--train-layer",

@@ -273,6 +273,7 @@ fn run_rl(a: RlArgs) -> Result<()> {
         ("--max-new-tokens", a.max_new_tokens),
         ("--steps", a.steps),
         ("--micro-batch-tokens", a.micro_batch_tokens.unwrap_or(1)),
+        ("--kv-cache-tokens", a.kv_cache_tokens.unwrap_or(1)),
     ];
     if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
         return Err(Error::invalid(format!("{flag} must be at least 1")));
@@ -410,11 +411,6 @@ impl BackendJob for RlArgs {
             .unwrap_or_else(|| (n_layers / 2).to_string());
         let layers = TrainLayers::parse(&spec, n_layers)?;
         let (p, g) = (a.prompts_per_step, a.group_size);
-        if a.kv_cache_tokens == Some(0) || a.micro_batch_tokens == Some(0) {
-            return Err(Error::invalid(
-                "--kv-cache-tokens and --micro-batch-tokens must be at least 1",
-            ));
-        }
         let input = PlanInput {
             rollout_seqs: p * g,
             distinct_prompts: if a.no_shared_prefill { p * g } else { p },

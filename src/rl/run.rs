@@ -164,6 +164,9 @@ pub fn run_rl<B: Backend>(
     let per_step = positive("prompts-per-step", s.prompts_per_step)?;
     let group = positive("group-size", s.group_size)?;
     let max_new = positive("max-new-tokens", s.max_new_tokens)?;
+    if s.kv_cache_tokens == Some(0) {
+        return Err(Error::invalid("--kv-cache-tokens must be at least 1"));
+    }
     let sampling = SamplingParams {
         temperature: s.temperature.unwrap_or(1.0),
         top_p: s.top_p.unwrap_or(1.0),
