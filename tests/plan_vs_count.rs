@@ -28,7 +28,7 @@ fn bench_rl(device: &str, shape: &str, extra: &[&str]) -> Value {
     serde_json::from_str(out.trim()).expect("one JSON object")
 }
 
-fn check_real_shape(shape: &str, layer: &str, prompts: &str) {
+fn check_real_shape(shape: &str, layer: &str, prompts: &str) -> Value {
     let j = bench_rl(
         "meta",
         shape,
@@ -66,7 +66,7 @@ fn check_real_shape(shape: &str, layer: &str, prompts: &str) {
     let terms = &m["plan_terms_bytes"];
     for (purpose, term) in [
         ("weights", "weights (bf16)"),
-        ("kv_cache", "KV cache (rollouts)"),
+        ("kv_cache", "KV cache (rollouts, paged)"),
         (
             "trained_state",
             "trained state (f32 master, grad, AdamW m, v)",
@@ -94,6 +94,37 @@ fn check_real_shape(shape: &str, layer: &str, prompts: &str) {
     assert_eq!(c["device_allocations"], 0.0, "{shape}: {c}");
     assert!(c["launches"].as_f64().unwrap() > 1000.0, "{c}");
     assert!(c["gemm_tflop"].as_f64().unwrap() > 100.0, "{c}");
+    // the decode step: fixed buffers, one synchronisation (the drawn ids)
+    let d = &j["counts"]["decode_step"];
+    assert!(
+        j["counts"]["decode_steps_counted"].as_u64().unwrap() > 1000,
+        "{j}"
+    );
+    assert_eq!(d["device_allocations"], 0.0, "{shape}: {d}");
+    assert_eq!(d["buffer_requests"], 0.0, "{shape}: {d}");
+    assert_eq!(d["memsets"], 0.0, "{shape}: {d}");
+    assert_eq!(d["host_syncs"], 1.0, "{shape}: {d}");
+    assert!(
+        rollout["kv_peak_tokens"].as_u64().unwrap() <= rollout["kv_cache_tokens"].as_u64().unwrap()
+    );
+    j
+}
+
+/// The paper-scale step of issue 12: 256 prompts x 8 samples, 256 + 1024 tokens,
+/// on Qwen3-4B. Every sequence at full length needs 2.19M KV positions (~300 GiB);
+/// the default budget is what the plan leaves free, and the scheduler keeps the
+/// decode batch full within it.
+#[test]
+fn qwen3_4b_2048_rollouts_fit_in_the_kv_budget() {
+    let j = check_real_shape("qwen3-4b", "18", "256");
+    let r = &j["rollout"];
+    let budget = r["kv_cache_tokens"].as_u64().unwrap();
+    assert!(budget < r["kv_full_tokens"].as_u64().unwrap() / 4, "{r}");
+    assert!(r["peak_running"].as_u64().unwrap() >= 200, "{r}");
+    assert!(
+        r["kv_peak_tokens"].as_u64().unwrap() as f64 >= 0.9 * budget as f64,
+        "{r}"
+    );
 }
 
 #[test]
@@ -180,8 +211,9 @@ fn a_run_that_does_not_fit_is_refused_in_one_line() {
     ]);
     assert!(!ok);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // the KV cache shrinks to what is left, down to one sequence; the rest does not fit
     assert!(
-        err.contains("KV cache") && err.contains("--max-new-tokens") && err.contains("24.0 GiB"),
+        err.contains("needs") && err.contains("24.0 GiB") && err.contains("lower --"),
         "{err}"
     );
 }

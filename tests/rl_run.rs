@@ -121,7 +121,13 @@ fn a_small_kv_cache_trains_the_same_weights() {
     let mut args = vec!["run", "--out", a.to_str().unwrap()];
     args.extend(common);
     run_ok(&args);
-    let mut args = vec!["run", "--out", b.to_str().unwrap(), "--kv-cache-tokens", "16"];
+    let mut args = vec![
+        "run",
+        "--out",
+        b.to_str().unwrap(),
+        "--kv-cache-tokens",
+        "16",
+    ];
     args.extend(common);
     run_ok(&args);
     let wa = std::fs::read(a.join("trained.safetensors")).unwrap();
@@ -168,7 +174,15 @@ fn bad_settings_are_one_line_errors() {
             "--kv-cache-tokens",
         ),
         (
-            vec!["run", "--kv-cache-tokens", "8", "--max-new-tokens", "30", "--out", d],
+            vec![
+                "run",
+                "--kv-cache-tokens",
+                "8",
+                "--max-new-tokens",
+                "30",
+                "--out",
+                d,
+            ],
             "--kv-cache-tokens",
         ),
         (

@@ -15,4 +15,4 @@ cargo test --all-targets --no-fail-fast "$@"
 
 # The kernels on the host emulator again, built with AddressSanitizer: out-of-bounds
 # indexing that a GPU would silently accept fails here (rebuilds only this crate).
-ONELAYER_EMU_ASAN=1 cargo test --no-fail-fast --test emu_selftest --test emu_rmsnorm --test cuda_backend_ops --test cuda_train_ops --test cuda_attention_backward "$@"
+ONELAYER_EMU_ASAN=1 cargo test --no-fail-fast --test emu_selftest --test emu_rmsnorm --test cuda_backend_ops --test cuda_train_ops --test cuda_attention_backward --test cuda_paged_attention "$@"

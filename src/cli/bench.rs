@@ -23,7 +23,7 @@ use onelayer::backend::accounting::DeviceCounts;
 use onelayer::backend::Backend;
 use onelayer::config::{builtin, builtin_names, ModelConfig};
 use onelayer::generate::{generate_with_stats, GenerateParams};
-use onelayer::model::{KvCache, Model, TokenBatch};
+use onelayer::model::Model;
 use onelayer::resolve::resolve_model;
 use onelayer::sampling::{mix64, SamplingParams};
 use onelayer::train::{
@@ -160,57 +160,24 @@ struct Timings {
     decode_s: f64,
 }
 
+/// Prefill and decode through the rollout path (`generate`: paged KV cache, fixed
+/// decode-step buffers, device sampling), greedy, every sequence to its limit.
 fn measure<B: Backend>(model: &Model<B>, a: &Args) -> Result<Timings> {
     let (b, p) = (a.batch, a.prompt_len);
     let vocab = model.cfg.vocab_size as u64;
-    let mut cache: KvCache<B> = model.new_cache(b, p + a.new_tokens.max(1))?;
-    let mut batch = TokenBatch::default();
-    for s in 0..b {
-        let ids: Vec<u32> = (0..p)
-            .map(|i| (mix64(a.seed ^ ((s * p + i) as u64)) % vocab) as u32)
-            .collect();
-        batch.push_seq(s, 0, &ids);
-    }
-    let t = Instant::now();
-    let hidden = model.forward(&batch, &mut cache, None)?;
-    model.backend.synchronize()?;
-    let prefill_s = t.elapsed().as_secs_f64();
-    // last row of each prompt picks the first new token
-    let rows: Vec<u32> = (0..b).map(|s| (s * p + p - 1) as u32).collect();
-    let h = model.cfg.hidden_size;
-    let mut last = model.backend.zeros(b * h)?;
-    model
-        .backend
-        .embedding(&mut last, &model.backend.upload_idx(&rows)?, &hidden, b, h)?;
-    drop(hidden);
-    let greedy = SamplingParams::default();
-    let streams = vec![0u64; b];
-    let mut tokens = model.backend.sample(
-        &model.logits_on_device(&last, b)?,
-        &streams,
-        model.cfg.vocab_size,
-        &greedy,
-        0,
-    )?;
-    let t = Instant::now();
-    for _ in 0..a.new_tokens {
-        let mut step = TokenBatch::default();
-        for (s, &tok) in tokens.iter().enumerate() {
-            step.push_seq(s, cache.lens[s], &[tok]);
-        }
-        let hidden = model.forward(&step, &mut cache, None)?;
-        tokens = model.backend.sample(
-            &model.logits_on_device(&hidden, b)?,
-            &streams,
-            model.cfg.vocab_size,
-            &greedy,
-            0,
-        )?;
-    }
+    let prompts: Vec<Vec<u32>> = (0..b)
+        .map(|s| {
+            (0..p)
+                .map(|i| (mix64(a.seed ^ ((s * p + i) as u64)) % vocab) as u32)
+                .collect()
+        })
+        .collect();
+    let params = GenerateParams::new(a.new_tokens + 1, SamplingParams::default(), 0, vec![]);
+    let (_, stats) = generate_with_stats(model, &prompts, &params, true)?;
     model.backend.synchronize()?;
     Ok(Timings {
-        prefill_s,
-        decode_s: t.elapsed().as_secs_f64(),
+        prefill_s: stats.prefill_seconds,
+        decode_s: stats.decode_seconds,
     })
 }
 

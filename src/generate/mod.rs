@@ -336,8 +336,13 @@ fn prefill_step<B: Backend>(
     let mut last_rows = Vec::new();
     let mut streams = Vec::new();
     for (i, it) in items.iter().enumerate() {
-        for j in it.start..it.end {
-            ids.push(prompts[it.seq][j]);
+        for (j, &id) in prompts[it.seq]
+            .iter()
+            .enumerate()
+            .take(it.end)
+            .skip(it.start)
+        {
+            ids.push(id);
             pos.push(j as u32);
             rows.push(sched.row(it.seq, j));
             seq.push(i as u32);
@@ -394,8 +399,11 @@ fn prefill_step<B: Backend>(
         last_rows.len(),
         h,
     )?;
-    let logits = model.logits_on_device(&picked, last_rows.len())?;
-    be.sample(&logits, &streams, cfg.vocab_size, &p.sampling, p.seed)
+    // (booked as rollout activations, not the training logits term)
+    let (n, v) = (last_rows.len(), cfg.vocab_size);
+    let mut logits = be.empty_f32(n * v)?;
+    be.linear(&mut logits, &picked, model.weights.head(), None, n, v, h)?;
+    be.sample(&logits, &streams, v, &p.sampling, p.seed)
 }
 
 #[cfg(test)]

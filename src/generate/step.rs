@@ -87,10 +87,8 @@ impl<B: Backend> DecodeStep<B> {
             scratch: Scratch::new(be, cfg, rows)?,
             x: be.empty(rows * cfg.hidden_size)?,
             hidden: be.empty(rows * cfg.hidden_size)?,
-            logits: {
-                let _l = purpose(Purpose::Logits);
-                be.empty_f32(rows * cfg.vocab_size)?
-            },
+            // booked as rollout activations: the plan's logits term is training's
+            logits: be.empty_f32(rows * cfg.vocab_size)?,
             work: be.empty_f32(be.paged_decode_work_len(dims))?,
             host: [
                 Vec::with_capacity(rows),
