@@ -123,6 +123,10 @@ pub struct DeviceCounts {
     pub device_copy_bytes: u64,
     /// Points where the host waits for the device (downloads, `synchronize`).
     pub host_syncs: u64,
+    /// Graphs launched (`Backend::replay`) and the kernels and GEMMs they ran
+    /// (launches and GEMMs count only what the host issued one by one).
+    pub graph_replays: u64,
+    pub graph_nodes: u64,
 }
 
 impl DeviceCounts {
@@ -146,6 +150,8 @@ impl DeviceCounts {
         self.device_copies += other.device_copies;
         self.device_copy_bytes += other.device_copy_bytes;
         self.host_syncs += other.host_syncs;
+        self.graph_replays += other.graph_replays;
+        self.graph_nodes += other.graph_nodes;
     }
 
     /// What happened between `before` and `self`.
@@ -174,6 +180,8 @@ impl DeviceCounts {
             device_copies: self.device_copies - before.device_copies,
             device_copy_bytes: self.device_copy_bytes - before.device_copy_bytes,
             host_syncs: self.host_syncs - before.host_syncs,
+            graph_replays: self.graph_replays - before.graph_replays,
+            graph_nodes: self.graph_nodes - before.graph_nodes,
         }
     }
 
@@ -197,6 +205,8 @@ impl DeviceCounts {
             "device_copies": per(self.device_copies),
             "device_copy_bytes": per(self.device_copy_bytes),
             "host_syncs": per(self.host_syncs),
+            "graph_replays": per(self.graph_replays),
+            "graph_nodes": per(self.graph_nodes),
         })
     }
 }

@@ -127,6 +127,8 @@ pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
     /// A device buffer of `u32` indices (token ids, positions, cache slots).
     type Idx: Send + Sync;
+    /// A captured graph of launches (`capture_begin`).
+    type Graph: Send + Sync;
 
     /// Human-readable device name, e.g. `cpu (f32, 2 threads)`.
     fn name(&self) -> String;
@@ -306,6 +308,21 @@ pub trait Backend: Send + Sync {
     fn paged_decode_work_len(&self, _dims: PagedDims) -> usize {
         1
     }
+
+    /// Record the ops issued from now until `capture_end` instead of running them
+    /// (a CUDA graph: on a GPU the stream's capture, on the emulator and the counting
+    /// device the launches with their arguments). `false`: the backend cannot
+    /// capture (the CPU) and runs the ops eagerly, as it will for `replay`. Between
+    /// the two calls nothing may allocate, free, copy to or from the host or
+    /// synchronise (an error: the graph would keep stale pointers or host values).
+    fn capture_begin(&self) -> Result<bool>;
+
+    /// End the capture; `None` where `capture_begin` returned `false`.
+    fn capture_end(&self) -> Result<Option<Self::Graph>>;
+
+    /// Run a captured graph again: every op with the arguments it was captured with
+    /// (the buffers' current contents).
+    fn replay(&self, graph: &Self::Graph) -> Result<()>;
 
     /// Use the first `len` elements of `buf`'s allocation as the buffer (at most
     /// what it was made with): one set of buffers serves a decode step at every

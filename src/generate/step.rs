@@ -5,6 +5,12 @@
 //! launch's arguments are the same from step to step within a bucket, only device
 //! memory changes, so the step can be captured as a CUDA graph and replayed.
 //!
+//! On a backend that can capture (CUDA: a GPU's stream capture; the emulator and the
+//! counting device record the launches with their arguments), the first step of a
+//! bucket runs eagerly, the second is captured as a graph, and from then on the
+//! bucket's steps replay it: one graph launch instead of ~500 kernel launches.
+//! `ONELAYER_CUDA_GRAPHS=0` runs every step eagerly.
+//!
 //! Rows past the live sequences (the bucket's padding) read and write block 0,
 //! position 0, which no sequence owns; their draws are ignored.
 
@@ -56,6 +62,15 @@ pub struct DecodeStep<B: Backend> {
     logits: B::Buf,
     work: B::Buf,
     host: [Vec<u32>; 5],
+    /// Graphs by bucket, the buckets run once eagerly, and whether to capture.
+    graphs: std::collections::HashMap<usize, B::Graph>,
+    warm: std::collections::HashSet<usize>,
+    capture: bool,
+}
+
+/// Whether decode steps are captured as graphs (`ONELAYER_CUDA_GRAPHS=0`: never).
+pub fn graphs_enabled() -> bool {
+    std::env::var("ONELAYER_CUDA_GRAPHS").map_or(true, |v| v != "0")
 }
 
 impl<B: Backend> DecodeStep<B> {
@@ -97,6 +112,9 @@ impl<B: Backend> DecodeStep<B> {
                 Vec::with_capacity(rows * width),
                 Vec::with_capacity(2 * rows),
             ],
+            graphs: Default::default(),
+            warm: Default::default(),
+            capture: graphs_enabled(),
         })
     }
 
@@ -179,6 +197,37 @@ impl<B: Backend> DecodeStep<B> {
         be.upload_idx_into(&mut self.table, table)?;
         be.upload_idx_into(&mut self.streams, streams)?;
 
+        if !self.capture {
+            self.compute(model, cache, sampling, seed)?;
+        } else if let Some(g) = self.graphs.get(&rows) {
+            be.replay(g)?;
+        } else if self.warm.insert(rows) {
+            self.compute(model, cache, sampling, seed)?; // first step of the bucket
+        } else if be.capture_begin()? {
+            let ran = self.compute(model, cache, sampling, seed);
+            let graph = be.capture_end(); // always end the capture, even after an error
+            ran?;
+            let graph = graph?.expect("a backend that captures returns its graph");
+            be.replay(&graph)?;
+            self.graphs.insert(rows, graph);
+        } else {
+            self.capture = false; // the backend runs everything eagerly
+            self.compute(model, cache, sampling, seed)?;
+        }
+        be.download_idx(&self.drawn, n)
+    }
+
+    /// The step's device work on the uploaded inputs: the model, the LM head, the
+    /// draws (what a graph holds).
+    fn compute(
+        &mut self,
+        model: &Model<B>,
+        cache: &mut PagedKvCache<B>,
+        sampling: &SamplingParams,
+        seed: u64,
+    ) -> Result<()> {
+        let be = &model.backend;
+        let (rows, width) = (self.rows, self.width);
         let dims = cache.dims(&model.cfg, rows, rows, width);
         let mut store = PagedStore {
             cache,
@@ -218,8 +267,7 @@ impl<B: Backend> DecodeStep<B> {
             v,
             sampling,
             seed,
-        )?;
-        be.download_idx(&self.drawn, n)
+        )
     }
 }
 

@@ -59,6 +59,7 @@ impl<T: Real> CpuBackend<T> {
 impl<T: Real> Backend for CpuBackend<T> {
     type Buf = Vec<T>;
     type Idx = Vec<u32>;
+    type Graph = ();
 
     fn name(&self) -> String {
         format!(
@@ -234,6 +235,18 @@ impl<T: Real> Backend for CpuBackend<T> {
         _decode: Option<&mut Vec<T>>,
     ) -> Result<()> {
         attention_paged(out, q, k_cache, v_cache, table, seq, pos, d, scale);
+        Ok(())
+    }
+
+    fn capture_begin(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn capture_end(&self) -> Result<Option<()>> {
+        Ok(None)
+    }
+
+    fn replay(&self, _graph: &()) -> Result<()> {
         Ok(())
     }
 

@@ -77,6 +77,19 @@ impl CudaBackend {
     }
 }
 
+/// A graph captured on this backend's device (the caching allocator records one
+/// where the device has no native capture); freed on drop.
+pub struct CudaGraph {
+    id: u64,
+    dev: Arc<dyn Device>,
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        self.dev.graph_free(self.id);
+    }
+}
+
 fn check_idx_len(idx: &CudaIdx, len: usize, what: &str) -> Result<()> {
     if idx.host.len() != len {
         return Err(Error::invalid(format!(
@@ -100,6 +113,7 @@ pub(super) fn check_len(buf: &CudaBuf, len: usize, what: &str) -> Result<()> {
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Idx = CudaIdx;
+    type Graph = CudaGraph;
 
     fn name(&self) -> String {
         self.dev.name()
@@ -530,6 +544,23 @@ impl Backend for CudaBackend {
 
     fn paged_decode_work_len(&self, d: PagedDims) -> usize {
         super::launch::paged_decode_work_len(&d)
+    }
+
+    fn capture_begin(&self) -> Result<bool> {
+        self.dev.capture_begin()?;
+        Ok(true)
+    }
+
+    fn capture_end(&self) -> Result<Option<CudaGraph>> {
+        let id = self.dev.capture_end()?;
+        Ok(Some(CudaGraph {
+            id,
+            dev: self.dev.clone(),
+        }))
+    }
+
+    fn replay(&self, graph: &CudaGraph) -> Result<()> {
+        self.dev.replay(graph.id)
     }
 
     fn set_len(&self, buf: &mut CudaBuf, len: usize) -> Result<()> {

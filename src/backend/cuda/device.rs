@@ -298,6 +298,42 @@ pub trait Device: Send + Sync {
     fn exact_sizes(&self) -> bool {
         false
     }
+    /// Start capturing the stream's launches and GEMMs into a graph (a GPU's stream
+    /// capture). `Unsupported` where the device has none: the caching allocator
+    /// above (`pool.rs`) then records and replays them itself.
+    fn capture_begin(&self) -> Result<()> {
+        Err(crate::Error::Unsupported(format!(
+            "graph capture on {}",
+            self.name()
+        )))
+    }
+    /// End the capture begun by `capture_begin`; the graph's handle.
+    fn capture_end(&self) -> Result<u64> {
+        Err(crate::Error::Unsupported(format!(
+            "graph capture on {}",
+            self.name()
+        )))
+    }
+    /// Launch a captured graph on the stream.
+    fn replay(&self, _graph: u64) -> Result<()> {
+        Err(crate::Error::Unsupported(format!(
+            "graph replay on {}",
+            self.name()
+        )))
+    }
+    /// Free a captured graph.
+    fn graph_free(&self, _graph: u64) {}
+}
+
+/// One operation recorded into a graph by a device without native capture.
+#[derive(Debug, Clone)]
+pub enum GraphOp {
+    Launch {
+        kernel: &'static str,
+        cfg: LaunchConfig,
+        args: Vec<KernelArg>,
+    },
+    Gemm(GemmEx),
 }
 
 /// Live and peak bytes of a device's allocations: `alloc` adds, `free` subtracts.

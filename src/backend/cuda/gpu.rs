@@ -38,7 +38,16 @@ pub struct GpuDevice {
     /// Bytes of each live allocation (for `memory_use`).
     sizes: Mutex<HashMap<u64, usize>>,
     memory: MemoryCounter,
+    /// Captured graphs by handle (`Device::capture_end`).
+    graphs: Mutex<(u64, HashMap<u64, CapturedGraph>)>,
 }
+
+/// A CUDA graph captured from this device's stream. cudarc's `CudaGraph` holds raw
+/// driver handles; every use goes through the device's `graphs` mutex and the one
+/// stream, so moving it between threads is sound.
+struct CapturedGraph(cudarc::driver::CudaGraph);
+// SAFETY: see the type's comment: access is serialised by `GpuDevice::graphs`.
+unsafe impl Send for CapturedGraph {}
 
 fn driver_err(what: impl std::fmt::Display) -> impl Fn(cu::DriverError) -> Error {
     move |e| Error::Invalid(format!("{what}: {e}"))
@@ -191,6 +200,7 @@ impl GpuDevice {
             blas: OnceLock::new(),
             sizes: Mutex::new(HashMap::new()),
             memory: MemoryCounter::default(),
+            graphs: Mutex::new((0, HashMap::new())),
         })
     }
 
@@ -418,5 +428,41 @@ impl Device for GpuDevice {
             .synchronize()
             .map_err(driver_err("GPU error (from an earlier launch or copy)"))?;
         self.ctx.check_err().map_err(driver_err("GPU error"))
+    }
+
+    /// Stream capture (thread-local mode). cuBLAS's handle is made first: creating
+    /// it inside a capture is not allowed.
+    fn capture_begin(&self) -> Result<()> {
+        self.blas()?;
+        self.bind()?;
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(driver_err("cannot begin a graph capture"))
+    }
+
+    fn capture_end(&self) -> Result<u64> {
+        self.bind()?;
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(driver_err("cannot end the graph capture"))?
+            .ok_or_else(|| Error::invalid("the graph capture recorded nothing"))?;
+        let mut g = self.graphs.lock().expect("graphs lock");
+        g.0 += 1;
+        let id = g.0;
+        g.1.insert(id, CapturedGraph(graph));
+        Ok(id)
+    }
+
+    fn replay(&self, graph: u64) -> Result<()> {
+        let g = self.graphs.lock().expect("graphs lock");
+        let graph =
+            g.1.get(&graph)
+                .ok_or_else(|| Error::invalid(format!("no graph {graph}")))?;
+        graph.0.launch().map_err(driver_err("graph launch"))
+    }
+
+    fn graph_free(&self, graph: u64) {
+        self.graphs.lock().expect("graphs lock").1.remove(&graph);
     }
 }

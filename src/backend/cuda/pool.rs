@@ -21,7 +21,7 @@
 //! synchronisation passes through here, and so does every buffer request with its
 //! purpose (`backend::accounting`): the counts are the same whichever device runs.
 
-use super::device::{Device, DevicePtr, GemmEx, KernelArg, LaunchConfig};
+use super::device::{Device, DevicePtr, GemmEx, GraphOp, KernelArg, LaunchConfig};
 use crate::backend::accounting::{current_purpose, Bytes, DeviceCounts, MemoryReport, Purpose};
 use crate::backend::MemoryUse;
 use crate::{Error, Result};
@@ -82,6 +82,24 @@ struct State {
     requested: Bytes,
     by_purpose: [Bytes; Purpose::ALL.len()],
     counts: DeviceCounts,
+    /// The graph being captured, if any, and the captured graphs by handle.
+    capture: Option<Capture>,
+    freed_in_capture: bool,
+    graphs: HashMap<u64, Graph>,
+    next_graph: u64,
+}
+
+/// A capture in progress: the device's own (a GPU's stream capture), or launches and
+/// GEMMs recorded here with their arguments (the emulator, the counting device).
+enum Capture {
+    Native,
+    Recording(Vec<GraphOp>),
+}
+
+enum Graph {
+    Native(u64),
+    /// The ops and their GEMM FLOPs.
+    Recorded(Arc<Vec<GraphOp>>, f64),
 }
 
 pub struct PoolDevice {
@@ -222,12 +240,30 @@ impl Drop for PoolDevice {
     }
 }
 
+/// Refuse what a captured step must not do (it would not be replayed, or would bake
+/// a host value into the graph).
+fn not_capturing(s: &State, what: &str) -> Result<()> {
+    if s.capture.is_some() {
+        return Err(Error::invalid(format!(
+            "{what} while a graph is being captured (a captured step uploads its inputs \
+             before and downloads after)"
+        )));
+    }
+    Ok(())
+}
+
 impl Device for PoolDevice {
     fn name(&self) -> String {
         self.inner.name()
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        if self.lock().capture.is_some() {
+            return Err(Error::invalid(format!(
+                "a buffer of {bytes} bytes was requested while a graph is being captured (a \
+                 captured step must run in fixed buffers)"
+            )));
+        }
         let class = size_class(bytes);
         // The emulator allocates exactly what was asked, so its guard zones sit right
         // after the buffer (no segments there); a reused block may still be larger.
@@ -326,6 +362,9 @@ impl Device for PoolDevice {
 
     fn free(&self, p: DevicePtr) {
         let mut s = self.lock();
+        if s.capture.is_some() {
+            s.freed_in_capture = true;
+        }
         match s.in_use.remove(&p.0) {
             Some(u) => {
                 s.requested.sub(u.requested);
@@ -347,6 +386,7 @@ impl Device for PoolDevice {
     fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
         {
             let mut s = self.lock();
+            not_capturing(&s, "upload")?;
             s.counts.uploads += 1;
             s.counts.upload_bytes += src.len() as u64;
         }
@@ -356,6 +396,7 @@ impl Device for PoolDevice {
     fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
         {
             let mut s = self.lock();
+            not_capturing(&s, "download")?;
             s.counts.downloads += 1;
             s.counts.download_bytes += dst.len() as u64;
             s.counts.host_syncs += 1;
@@ -368,18 +409,113 @@ impl Device for PoolDevice {
             let mut s = self.lock();
             s.counts.launches += 1;
             *s.counts.launches_by_kernel.entry(kernel).or_insert(0) += 1;
+            if let Some(Capture::Recording(ops)) = &mut s.capture {
+                ops.push(GraphOp::Launch {
+                    kernel,
+                    cfg,
+                    args: args.to_vec(),
+                });
+                return Ok(());
+            }
         }
         self.inner.launch(kernel, cfg, args)
     }
 
+    fn capture_begin(&self) -> Result<()> {
+        let mut s = self.lock();
+        if s.capture.is_some() {
+            return Err(Error::invalid("a graph capture is already in progress"));
+        }
+        s.capture = Some(match self.inner.capture_begin() {
+            Ok(()) => Capture::Native,
+            Err(Error::Unsupported(_)) => Capture::Recording(Vec::new()),
+            Err(e) => return Err(e),
+        });
+        s.freed_in_capture = false;
+        Ok(())
+    }
+
+    fn capture_end(&self) -> Result<u64> {
+        let mut s = self.lock();
+        let graph = match s.capture.take() {
+            None => return Err(Error::invalid("no graph capture in progress")),
+            Some(Capture::Native) => Graph::Native(self.inner.capture_end()?),
+            Some(Capture::Recording(ops)) => {
+                let flops = ops
+                    .iter()
+                    .map(|op| match op {
+                        GraphOp::Gemm(g) => 2.0 * g.m as f64 * g.n as f64 * g.k as f64,
+                        GraphOp::Launch { .. } => 0.0,
+                    })
+                    .sum();
+                Graph::Recorded(Arc::new(ops), flops)
+            }
+        };
+        if std::mem::take(&mut s.freed_in_capture) {
+            if let Graph::Native(g) = graph {
+                self.inner.graph_free(g);
+            }
+            return Err(Error::invalid(
+                "a buffer was freed while a graph was being captured (the graph would use it)",
+            ));
+        }
+        s.next_graph += 1;
+        let id = s.next_graph;
+        s.graphs.insert(id, graph);
+        Ok(id)
+    }
+
+    fn replay(&self, graph: u64) -> Result<()> {
+        let g = {
+            let mut s = self.lock();
+            not_capturing(&s, "graph replay")?;
+            s.counts.graph_replays += 1;
+            let g = match s.graphs.get(&graph) {
+                None => return Err(Error::invalid(format!("no graph {graph}"))),
+                Some(Graph::Native(g)) => Err(*g),
+                Some(Graph::Recorded(ops, flops)) => Ok((ops.clone(), *flops)),
+            };
+            if let Ok((ops, flops)) = &g {
+                s.counts.graph_nodes += ops.len() as u64;
+                s.counts.gemm_flops += flops;
+            }
+            g.map(|(ops, _)| ops)
+        };
+        match g {
+            Err(native) => self.inner.replay(native),
+            Ok(ops) => {
+                for op in ops.iter() {
+                    match op {
+                        GraphOp::Launch { kernel, cfg, args } => {
+                            self.inner.launch(kernel, *cfg, args)?
+                        }
+                        GraphOp::Gemm(g) => self.inner.gemm_ex(g)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn graph_free(&self, graph: u64) {
+        if let Some(Graph::Native(g)) = self.lock().graphs.remove(&graph) {
+            self.inner.graph_free(g);
+        }
+    }
+
     fn synchronize(&self) -> Result<()> {
-        self.lock().counts.host_syncs += 1;
+        {
+            let mut s = self.lock();
+            not_capturing(&s, "synchronize")?;
+            s.counts.host_syncs += 1;
+        }
         self.inner.synchronize()
     }
 
     fn zero(&self, p: DevicePtr, bytes: usize) -> Result<()> {
         {
             let mut s = self.lock();
+            not_capturing(&s, "memset")?;
             s.counts.memsets += 1;
             s.counts.memset_bytes += bytes as u64;
         }
@@ -389,6 +525,7 @@ impl Device for PoolDevice {
     fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
         {
             let mut s = self.lock();
+            not_capturing(&s, "device copy")?;
             s.counts.device_copies += 1;
             s.counts.device_copy_bytes += bytes as u64;
         }
@@ -400,6 +537,10 @@ impl Device for PoolDevice {
             let mut s = self.lock();
             s.counts.gemms += 1;
             s.counts.gemm_flops += 2.0 * g.m as f64 * g.n as f64 * g.k as f64;
+            if let Some(Capture::Recording(ops)) = &mut s.capture {
+                ops.push(GraphOp::Gemm(*g));
+                return Ok(());
+            }
         }
         self.inner.gemm_ex(g)
     }
@@ -520,5 +661,39 @@ mod tests {
         assert_eq!(r.reserved.live, 3_000, "the emulator allocates exact sizes");
         drop(pool);
         assert_eq!(emu.allocations(), 0);
+    }
+
+    #[test]
+    fn a_capture_records_launches_and_refuses_allocations() {
+        use crate::backend::cuda::meta::MetaDevice;
+        let pool = PoolDevice::new(Arc::new(MetaDevice::new(1 << 30)));
+        let p = pool.alloc(4096).unwrap();
+        pool.capture_begin().unwrap();
+        assert!(pool.capture_begin().is_err(), "nested capture");
+        assert!(pool.alloc(16).is_err(), "allocation in a capture");
+        assert!(pool.upload(p, &[0; 4]).is_err(), "upload in a capture");
+        let g = GemmEx {
+            out: p,
+            out_f32: true,
+            x: p,
+            w: p,
+            m: 4,
+            n: 4,
+            k: 4,
+            trans_x: false,
+            trans_w: true,
+            accumulate: false,
+        };
+        pool.gemm_ex(&g).unwrap();
+        let id = pool.capture_end().unwrap();
+        let before = pool.counts();
+        pool.replay(id).unwrap();
+        pool.replay(id).unwrap();
+        let c = pool.counts().since(&before);
+        assert_eq!((c.graph_replays, c.graph_nodes, c.gemms), (2, 2, 0));
+        assert_eq!(c.gemm_flops, 2.0 * 2.0 * 64.0);
+        pool.graph_free(id);
+        assert!(pool.replay(id).is_err());
+        pool.free(p);
     }
 }

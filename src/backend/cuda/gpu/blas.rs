@@ -110,7 +110,7 @@ impl Gemm {
 
 impl GpuDevice {
     /// The cuBLAS handle (created on first use, bound to the device's stream).
-    fn blas(&self) -> Result<&CudaBlas> {
+    pub(super) fn blas(&self) -> Result<&CudaBlas> {
         self.blas
             .get_or_init(|| {
                 // Load libcublasLt / libcublas by path when found in the CUDA roots,
