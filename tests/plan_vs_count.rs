@@ -201,7 +201,7 @@ fn a_run_that_does_not_fit_is_refused_in_one_line() {
         "bench",
         "rl",
         "--device",
-        "meta:24GiB",
+        "meta:20GiB",
         "--shape",
         "qwen3-8b",
         "--prompts-per-step",
@@ -213,7 +213,7 @@ fn a_run_that_does_not_fit_is_refused_in_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // the KV cache shrinks to what is left, down to one sequence; the rest does not fit
     assert!(
-        err.contains("needs") && err.contains("24.0 GiB") && err.contains("lower --"),
+        err.contains("needs") && err.contains("20.0 GiB") && err.contains("--train-layer"),
         "{err}"
     );
 }

@@ -246,7 +246,7 @@ impl MemoryPlan {
             (
                 "trained state (f32 master, grad, AdamW m, v)",
                 self.trained_state,
-                "fewer --train-layer layers",
+                "--train-layer (fewer layers)",
             ),
             (
                 "prefix cache (hidden state entering the lowest trained layer)",
