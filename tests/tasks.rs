@@ -456,6 +456,78 @@ fn code_rewards_and_outcomes() {
     assert_eq!(tasks::reward(TaskKind::Code, &p, "    return 1 + x\n"), 1.0);
 }
 
+/// Completions that game an exit-status reward score 0, each with its reason; the
+/// right answer still scores 1 (issue 13).
+#[test]
+fn code_verdicts_cannot_be_gamed() {
+    if !have_python() {
+        return;
+    }
+    let p = inc_problem();
+    let rw = rewarder(10);
+    let fenced = |code: &str| format!("```python\n{code}\n```");
+    let cases: Vec<(String, Outcome)> = vec![
+        ("    import sys\n    sys.exit(0)\n".into(), Outcome::ExitedEarly),
+        ("    import os\n    os._exit(0)\n".into(), Outcome::ExitedEarly),
+        ("    raise SystemExit(0)\n".into(), Outcome::ExitedEarly),
+        ("    raise KeyboardInterrupt\n".into(), Outcome::ExitedEarly),
+        (
+            fenced("import sys\nsys.exit(0)\ndef inc(x):\n    return x"),
+            Outcome::ExitedEarly,
+        ),
+        (
+            fenced("import atexit, os\natexit.register(lambda: os._exit(0))\ndef inc(x):\n    return x"),
+            Outcome::Failed,
+        ),
+        (
+            fenced("class E:\n    def __eq__(self, o):\n        return True\ndef inc(x):\n    return E()"),
+            Outcome::NonPlainResult,
+        ),
+        (
+            fenced("class I(int):\n    def __eq__(self, o):\n        return True\ndef inc(x):\n    return I(0)"),
+            Outcome::NonPlainResult,
+        ),
+        (
+            fenced("class E:\n    def __eq__(self, o):\n        return True\ndef inc(x):\n    return [1, E()]"),
+            Outcome::NonPlainResult,
+        ),
+        (
+            fenced(
+                "import builtins\nbuiltins.AssertionError = Exception\ndef check(c):\n    pass\ndef inc(x):\n    return 0",
+            ),
+            Outcome::Failed,
+        ),
+        (
+            "    import os\n    os.write(3, b'x passed\\n')\n    return x + 1\n".into(),
+            Outcome::Failed,
+        ),
+        (
+            "    try:\n        return x + 2\n    finally:\n        import sys\n        sys.exit(0)\n".into(),
+            Outcome::ExitedEarly,
+        ),
+    ];
+    for (completion, want) in cases {
+        let s = rw.score(TaskKind::Code, &p, &completion);
+        let run = s.run.unwrap();
+        assert_eq!(
+            (s.reward, run.outcome),
+            (0.0, want),
+            "{completion}: {run:?}"
+        );
+        assert!(!run.detail.is_empty() || want == Outcome::Failed, "{run:?}");
+    }
+    // killing the judge itself ends with no verdict: 0, never a pass
+    let kill = "    import os\n    os.posix_spawn('/bin/kill', ['kill', '-9', str(os.getppid())], {})\n    import time\n    time.sleep(2)\n    return x + 1\n";
+    let s = rw.score(TaskKind::Code, &p, kill);
+    let run = s.run.unwrap();
+    assert_eq!(s.reward, 0.0, "{run:?}");
+    assert_ne!(run.outcome, Outcome::Passed);
+    // and the right answer, with output and a helper, still passes
+    let ok = "```python\ndef helper(v):\n    print('computing', v)\n    return v + 1\ndef inc(x):\n    return helper(x)\n```";
+    let s = rw.score(TaskKind::Code, &p, ok);
+    assert_eq!(s.reward, 1.0, "{:?}", s.run);
+}
+
 #[test]
 fn sandbox_infinite_loop_times_out() {
     if !have_python() {
@@ -484,7 +556,7 @@ fn sandbox_crash_fails() {
     );
     let run = s.run.unwrap();
     assert_eq!((s.reward, run.outcome), (0.0, Outcome::Crashed), "{run:?}");
-    assert_eq!(run.signal, Some(6));
+    assert!(run.detail.contains("signal 6"), "{run:?}");
 }
 
 #[test]

@@ -18,12 +18,16 @@
 //! does, the part of the prompt before the entry point's `def` line goes
 //! before it (imports and helper functions: HumanEval/10, /38, /50 have
 //! helpers, and model-written functions often omit `from typing import List`).
-//! The program run is `{head}{code}\n\n{test}\n\ncheck({entry_point})\n` in
-//! the `sandbox`; reward 1.0 when it exits 0 within the limits, else 0.0.
+//! The program is `{head}{code}` (the candidate), judged by `{test}` calling
+//! `check({entry_point})` in the `sandbox`'s harness (judge_harness.py): the candidate
+//! runs in its own process and answers the tests' calls with plain data; reward 1.0
+//! only when the harness reports, with the run's token, that `check` returned.
+//! Exits of any kind, non-plain results and tampering cannot reach that report
+//! (`Outcome` names why a run scored 0).
 
 use std::path::Path;
 
-use super::sandbox::{run_python, RunResult, SandboxConfig};
+use super::sandbox::{run_judged, Judged, RunResult, SandboxConfig};
 use super::{jsonl, Problem};
 use crate::Result;
 
@@ -128,7 +132,26 @@ pub fn defines(code: &str, name: &str) -> bool {
     find_def(code, name).is_some()
 }
 
-/// The Python program that tests a completion.
+/// The candidate's module: the prompt's head (or the whole prompt, when the code
+/// continues it) and the code.
+pub fn candidate_source(spec: &CodeSpec, completion: &str) -> String {
+    let code = extract_code(completion);
+    let head = if defines(&code, &spec.entry_point) {
+        let cut = find_def(&spec.prompt, &spec.entry_point).unwrap_or(0);
+        &spec.prompt[..cut]
+    } else {
+        &spec.prompt[..]
+    };
+    let nl = if head.is_empty() || head.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    format!("{head}{nl}{code}\n")
+}
+
+/// The Python program that tests a completion, as one file (what `run` judges, with
+/// the candidate in its own process).
 pub fn program(spec: &CodeSpec, completion: &str) -> String {
     let code = extract_code(completion);
     let head = if defines(&code, &spec.entry_point) {
@@ -148,9 +171,19 @@ pub fn program(spec: &CodeSpec, completion: &str) -> String {
     )
 }
 
-/// Runs the tests on a completion in the sandbox.
+/// Runs the tests on a completion in the sandbox, judged by the harness
+/// (`sandbox::run_judged`): passed only when `check` returned.
 pub fn run(spec: &CodeSpec, completion: &str, cfg: &SandboxConfig) -> RunResult {
-    run_python(&program(spec, completion), cfg)
+    let candidate = candidate_source(spec, completion);
+    run_judged(
+        &Judged {
+            trusted: &spec.prompt,
+            candidate: &candidate,
+            test: &spec.test,
+            entry_point: &spec.entry_point,
+        },
+        cfg,
+    )
 }
 
 #[cfg(test)]

@@ -32,6 +32,18 @@
 //!   TMPDIR, LANG and OMP_NUM_THREADS=1; Python runs with `-I -B` (isolated
 //!   mode: no user site-packages, PYTHON* variables ignored, no bytecode).
 //!
+//! Code verdicts (`run_judged`, judge_harness.py): the tests decide, not the exit
+//! status. The candidate runs in its own forked process and answers the tests'
+//! calls with plain data over a pipe; the judge writes "passed" with the run's token
+//! to a pipe only the engine reads, and only after `check` returns. So `sys.exit`,
+//! `os._exit`, `SystemExit`, atexit hooks, killing processes, objects whose `__eq__`
+//! always holds (or int subclasses), redefining `check` or the builtins, and writing
+//! a fake report all score 0, each with its outcome. What it still cannot stop:
+//! a candidate that reads the judge's memory (ptrace or /proc/PID/mem of its parent,
+//! where the kernel's ptrace policy allows it for the same user), code that
+//! special-cases the tests' inputs, and anything the file system and process guards
+//! above do not block (they are not a security boundary).
+//!
 //! The interpreter: `SandboxConfig::python`, else `$ONELAYER_PYTHON`, else
 //! `python3` on PATH, resolved once to its real executable (`sys.executable`,
 //! so pyenv shims and the like need no environment).
@@ -83,6 +95,12 @@ pub enum Outcome {
     Timeout,
     /// Killed by a signal (abort, segfault, ...).
     Crashed,
+    /// Judged runs (`run_judged`): the candidate's process ended (`sys.exit`,
+    /// `os._exit`, `SystemExit`, ...) before the tests did, or the run ended without
+    /// the harness's verdict.
+    ExitedEarly,
+    /// Judged runs: the candidate returned something that is not plain data.
+    NonPlainResult,
     /// Could not be run (no Python, no temporary directory, ...); see `stderr`.
     NotRun,
 }
@@ -94,6 +112,8 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Timeout => "timeout",
             Outcome::Crashed => "crashed",
+            Outcome::ExitedEarly => "exited_early",
+            Outcome::NonPlainResult => "non_plain_result",
             Outcome::NotRun => "not_run",
         }
     }
@@ -114,6 +134,9 @@ pub struct RunResult {
     pub stderr: String,
     /// Whether the run was inside a new network namespace.
     pub network_isolated: bool,
+    /// Judged runs: the harness's reason (the failing assertion's exception, the
+    /// signal, what was returned), else empty.
+    pub detail: String,
 }
 
 impl RunResult {
@@ -126,12 +149,13 @@ impl RunResult {
             stdout: String::new(),
             stderr: msg.into(),
             network_isolated: false,
+            detail: String::new(),
         }
     }
 }
 
-/// The Python prelude: guards, then runs `main.py` as `__main__`.
-const PRELUDE: &str = r#"import sys, os, socket, _socket, shutil, subprocess, faulthandler
+/// The guards every sandboxed program runs under (`_guards.py`).
+const GUARDS: &str = r#"import sys, os, socket, _socket, shutil, subprocess, faulthandler
 faulthandler.disable()
 def _onelayer_denied(*args, **kwargs):
     raise OSError(101, "network access is disabled in the onelayer sandbox")
@@ -154,11 +178,19 @@ subprocess.Popen = None
 for _n in ("resource", "psutil", "ctypes"):
     sys.modules[_n] = None
 del _m, _n
+"#;
+
+/// The plain runner (`run_python`): the guards, then `main.py` as `__main__`.
+const RUN_MAIN: &str = r#"exec(compile(open("_guards.py", encoding="utf-8").read(), "_guards.py", "exec"), {})
+import sys
 sys.argv = ["main.py"]
 with open("main.py", encoding="utf-8") as _f:
     _code = compile(_f.read(), "main.py", "exec")
 exec(_code, {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__})
 "#;
+
+/// The judged runner (`run_judged`, see the file's header).
+const JUDGE: &str = include_str!("judge_harness.py");
 
 /// The interpreter the sandbox would use, resolved to its real executable;
 /// None when there is none that runs.
@@ -215,12 +247,94 @@ pub fn run_python(program: &str, cfg: &SandboxConfig) -> RunResult {
         Ok(d) => d,
         Err(e) => return RunResult::not_run(format!("cannot create a temporary directory: {e}")),
     };
-    if let Err(e) = std::fs::write(dir.path().join("main.py"), program)
-        .and_then(|_| std::fs::write(dir.path().join("_prelude.py"), PRELUDE))
+    let files = [
+        ("main.py", program),
+        ("_guards.py", GUARDS),
+        ("_prelude.py", RUN_MAIN),
+    ];
+    if let Err(e) = files
+        .iter()
+        .try_for_each(|(name, text)| std::fs::write(dir.path().join(name), text))
     {
         return RunResult::not_run(format!("cannot write the program: {e}"));
     }
-    imp::run(&python, dir.path(), cfg)
+    imp::run(&python, dir.path(), cfg, &["_prelude.py"], None)
+}
+
+/// A program judged by its tests, not by its exit status.
+pub struct Judged<'a> {
+    /// Trusted code the tests may use (the dataset's prompt), run beside them.
+    pub trusted: &'a str,
+    /// The program holding the model's code.
+    pub candidate: &'a str,
+    /// Trusted tests defining `check(candidate)`.
+    pub test: &'a str,
+    /// The function the tests call.
+    pub entry_point: &'a str,
+}
+
+/// Run `check(entry_point)` with the candidate in its own process (judge_harness.py):
+/// `Passed` only when the harness reports, with this run's token, that check
+/// returned; every other ending is named (`Outcome`, `RunResult::detail`).
+pub fn run_judged(j: &Judged<'_>, cfg: &SandboxConfig) -> RunResult {
+    let Some(python) = python(cfg) else {
+        return RunResult::not_run("no Python interpreter: install python3 or set ONELAYER_PYTHON");
+    };
+    let dir = match TempDir::new() {
+        Ok(d) => d,
+        Err(e) => return RunResult::not_run(format!("cannot create a temporary directory: {e}")),
+    };
+    let files = [
+        ("trusted.py", j.trusted),
+        ("candidate.py", j.candidate),
+        ("test.py", j.test),
+        ("_guards.py", GUARDS),
+        ("_judge.py", JUDGE),
+    ];
+    if let Err(e) = files
+        .iter()
+        .try_for_each(|(name, text)| std::fs::write(dir.path().join(name), text))
+    {
+        return RunResult::not_run(format!("cannot write the program: {e}"));
+    }
+    let token = match new_token() {
+        Ok(t) => t,
+        Err(e) => return RunResult::not_run(format!("cannot draw a run token: {e}")),
+    };
+    imp::run(
+        &python,
+        dir.path(),
+        cfg,
+        &["_judge.py", j.entry_point],
+        Some(&token),
+    )
+}
+
+/// 128 random bits as hex, from the kernel.
+fn new_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// The outcome a judged run's report gives, when it carries `token`.
+fn parse_report(report: &str, token: &str) -> Option<(Outcome, String)> {
+    let line = report.lines().next()?;
+    let (tok, rest) = line.split_once(' ')?;
+    if tok != token {
+        return None;
+    }
+    let (name, detail) = rest.split_once(' ').unwrap_or((rest, ""));
+    let outcome = match name {
+        "passed" => Outcome::Passed,
+        "failed" => Outcome::Failed,
+        "crashed" => Outcome::Crashed,
+        "exited_early" => Outcome::ExitedEarly,
+        "non_plain_result" => Outcome::NonPlainResult,
+        _ => return None,
+    };
+    Some((outcome, detail.trim().to_string()))
 }
 
 /// A fresh private directory, removed on drop.
@@ -291,7 +405,16 @@ mod imp {
     use std::process::Stdio;
     use std::time::Instant;
 
-    pub fn run(python: &Path, dir: &Path, cfg: &SandboxConfig) -> RunResult {
+    /// Run `python -I -B ARGS...` in `dir`. With `token` (a judged run): the token
+    /// on stdin, a pipe at fd 3 for the harness's report, and the outcome from the
+    /// report when it carries the token.
+    pub fn run(
+        python: &Path,
+        dir: &Path,
+        cfg: &SandboxConfig,
+        args: &[&str],
+        token: Option<&str>,
+    ) -> RunResult {
         let netns = if cfg.isolate_network {
             network_namespace()
         } else {
@@ -314,7 +437,20 @@ mod imp {
                 return RunResult::not_run(format!("cannot create output files: {e}"))
             }
         };
-        cmd.args(["-I", "-B", "_prelude.py"])
+        // The report pipe (judged runs): read end kept here, write end at fd 3.
+        let mut report = [-1, -1];
+        if token.is_some() {
+            // SAFETY: `report` has room for the two descriptors.
+            if unsafe { libc::pipe2(report.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return RunResult::not_run(format!(
+                    "cannot make the report pipe: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        let report_w = report[1];
+        cmd.args(["-I", "-B"])
+            .args(args)
             .current_dir(dir)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -322,7 +458,11 @@ mod imp {
             .env("TMPDIR", dir)
             .env("LANG", "C.UTF-8")
             .env("OMP_NUM_THREADS", "1")
-            .stdin(Stdio::null())
+            .stdin(if token.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
         let secs = cfg.time_limit.as_secs_f64().ceil() as u64 + 1;
@@ -340,6 +480,10 @@ mod imp {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // dup2 clears close-on-exec on fd 3 only.
+                if report_w >= 0 && libc::dup2(report_w, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 for (res, lim) in limits {
                     let rl = libc::rlimit {
                         rlim_cur: lim as libc::rlim_t,
@@ -353,10 +497,25 @@ mod imp {
             });
         }
         let start = Instant::now();
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => return RunResult::not_run(format!("cannot start {}: {e}", python.display())),
+        let spawned = cmd.spawn();
+        let close = |fd: i32| {
+            if fd >= 0 {
+                // SAFETY: a descriptor this function made and closes once.
+                unsafe { libc::close(fd) };
+            }
         };
+        close(report[1]); // the child holds its own copy
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                close(report[0]);
+                return RunResult::not_run(format!("cannot start {}: {e}", python.display()));
+            }
+        };
+        if let (Some(t), Some(mut stdin)) = (token, child.stdin.take()) {
+            use std::io::Write;
+            let _ = stdin.write_all(t.as_bytes()); // fits the pipe's buffer; closed on drop
+        }
         let pid = child.id() as libc::pid_t;
         let mut timed_out = false;
         let mut nap = Duration::from_millis(1);
@@ -382,8 +541,29 @@ mod imp {
             Ok(s) => (s.code(), s.signal()),
             Err(_) => (None, None),
         };
+        let judged = token.map(|t| {
+            let text = read_all(report[0]);
+            close(report[0]);
+            parse_report(&text, t)
+        });
+        let mut detail = String::new();
         let outcome = if timed_out || signal == Some(libc::SIGXCPU) {
             Outcome::Timeout
+        } else if let Some(judged) = judged {
+            match (judged, signal) {
+                (Some((o, d)), _) => {
+                    detail = d;
+                    o
+                }
+                (None, Some(sig)) => {
+                    detail = format!("the harness was killed by signal {sig}");
+                    Outcome::Crashed
+                }
+                (None, None) => {
+                    detail = "the run ended without the harness's verdict".into();
+                    Outcome::ExitedEarly
+                }
+            }
         } else {
             match (code, signal) {
                 (Some(0), _) => Outcome::Passed,
@@ -399,7 +579,29 @@ mod imp {
             stdout: tail(&dir.join("stdout.txt"), cfg.keep_bytes),
             stderr: tail(&dir.join("stderr.txt"), cfg.keep_bytes),
             network_isolated: netns.is_some(),
+            detail,
         }
+    }
+
+    /// Everything readable from `fd` now (every writer is gone).
+    fn read_all(fd: i32) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        if fd < 0 {
+            return String::new();
+        }
+        // SAFETY: `fd` is this function's caller's open pipe end; no writer is left,
+        // but do not block if one were.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+        loop {
+            // SAFETY: `buf` has room for the bytes asked for.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 || out.len() > 1 << 16 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// Whether the child has exited, without reaping it.
@@ -422,7 +624,13 @@ mod imp {
 mod imp {
     use super::*;
 
-    pub fn run(_python: &Path, _dir: &Path, _cfg: &SandboxConfig) -> RunResult {
+    pub fn run(
+        _python: &Path,
+        _dir: &Path,
+        _cfg: &SandboxConfig,
+        _args: &[&str],
+        _token: Option<&str>,
+    ) -> RunResult {
         RunResult::not_run("the code sandbox is implemented for Linux only")
     }
 }
