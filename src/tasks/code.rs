@@ -153,21 +153,11 @@ pub fn candidate_source(spec: &CodeSpec, completion: &str) -> String {
 /// The Python program that tests a completion, as one file (what `run` judges, with
 /// the candidate in its own process).
 pub fn program(spec: &CodeSpec, completion: &str) -> String {
-    let code = extract_code(completion);
-    let head = if defines(&code, &spec.entry_point) {
-        let cut = find_def(&spec.prompt, &spec.entry_point).unwrap_or(0);
-        &spec.prompt[..cut]
-    } else {
-        &spec.prompt[..]
-    };
-    let nl = if head.is_empty() || head.ends_with('\n') {
-        ""
-    } else {
-        "\n"
-    };
     format!(
-        "{head}{nl}{code}\n\n{}\n\ncheck({})\n",
-        spec.test, spec.entry_point
+        "{}\n{}\n\ncheck({})\n",
+        candidate_source(spec, completion),
+        spec.test,
+        spec.entry_point
     )
 }
 

@@ -240,25 +240,32 @@ pub fn network_namespace() -> Option<&'static [&'static str]> {
 
 /// Runs a Python program under the limits of `cfg`.
 pub fn run_python(program: &str, cfg: &SandboxConfig) -> RunResult {
-    let Some(python) = python(cfg) else {
-        return RunResult::not_run("no Python interpreter: install python3 or set ONELAYER_PYTHON");
-    };
-    let dir = match TempDir::new() {
-        Ok(d) => d,
-        Err(e) => return RunResult::not_run(format!("cannot create a temporary directory: {e}")),
-    };
     let files = [
         ("main.py", program),
         ("_guards.py", GUARDS),
         ("_prelude.py", RUN_MAIN),
     ];
-    if let Err(e) = files
+    match prepare(cfg, &files) {
+        Ok((python, dir)) => imp::run(&python, dir.path(), cfg, &["_prelude.py"], None),
+        Err(r) => r,
+    }
+}
+
+/// The interpreter and a fresh directory holding `files`; a `NotRun` result when
+/// either cannot be had.
+fn prepare(cfg: &SandboxConfig, files: &[(&str, &str)]) -> Result<(PathBuf, TempDir), RunResult> {
+    let Some(python) = python(cfg) else {
+        return Err(RunResult::not_run(
+            "no Python interpreter: install python3 or set ONELAYER_PYTHON",
+        ));
+    };
+    let dir = TempDir::new()
+        .map_err(|e| RunResult::not_run(format!("cannot create a temporary directory: {e}")))?;
+    files
         .iter()
         .try_for_each(|(name, text)| std::fs::write(dir.path().join(name), text))
-    {
-        return RunResult::not_run(format!("cannot write the program: {e}"));
-    }
-    imp::run(&python, dir.path(), cfg, &["_prelude.py"], None)
+        .map_err(|e| RunResult::not_run(format!("cannot write the program: {e}")))?;
+    Ok((python, dir))
 }
 
 /// A program judged by its tests, not by its exit status.
@@ -277,13 +284,6 @@ pub struct Judged<'a> {
 /// `Passed` only when the harness reports, with this run's token, that check
 /// returned; every other ending is named (`Outcome`, `RunResult::detail`).
 pub fn run_judged(j: &Judged<'_>, cfg: &SandboxConfig) -> RunResult {
-    let Some(python) = python(cfg) else {
-        return RunResult::not_run("no Python interpreter: install python3 or set ONELAYER_PYTHON");
-    };
-    let dir = match TempDir::new() {
-        Ok(d) => d,
-        Err(e) => return RunResult::not_run(format!("cannot create a temporary directory: {e}")),
-    };
     let files = [
         ("trusted.py", j.trusted),
         ("candidate.py", j.candidate),
@@ -291,12 +291,10 @@ pub fn run_judged(j: &Judged<'_>, cfg: &SandboxConfig) -> RunResult {
         ("_guards.py", GUARDS),
         ("_judge.py", JUDGE),
     ];
-    if let Err(e) = files
-        .iter()
-        .try_for_each(|(name, text)| std::fs::write(dir.path().join(name), text))
-    {
-        return RunResult::not_run(format!("cannot write the program: {e}"));
-    }
+    let (python, dir) = match prepare(cfg, &files) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let token = match new_token() {
         Ok(t) => t,
         Err(e) => return RunResult::not_run(format!("cannot draw a run token: {e}")),

@@ -22,8 +22,8 @@ pub use advantage::{
 pub use config::{Optimizer, TrainConfig};
 pub use layers::TrainLayers;
 pub use plan::{
-    choose_micro_batch_tokens, default_kv_cache_tokens, default_micro_batch_tokens, fit_to_device,
-    preflight, run_plan_input, MemoryPlan, PlanInput,
+    default_kv_cache_tokens, default_micro_batch_tokens, fit_to_device, preflight, run_plan_input,
+    MemoryPlan, PlanInput,
 };
 pub use rollout::{read_rollouts, Rollout};
 pub use trainer::{NamedGrads, NamedTensor, StepStats, TrainedLayer, Trainer};

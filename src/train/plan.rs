@@ -121,6 +121,11 @@ fn layer_backward_per_token(cfg: &ModelConfig) -> usize {
     (3 * i).max(3 * h + 2 * q + 3 * kv) * 2
 }
 
+/// Bytes of one cached position, K and V of every layer, bf16.
+fn kv_bytes_per_token(cfg: &ModelConfig) -> usize {
+    2 * cfg.num_hidden_layers * cfg.kv_dim() * 2
+}
+
 /// Forward scratch of the inference pass per token (`model::forward`).
 fn forward_scratch_per_token(cfg: &ModelConfig) -> usize {
     let (h, q, kv, i) = dims(cfg);
@@ -179,7 +184,7 @@ impl MemoryPlan {
         // prefill step (its tokens' scratch, the drawing rows' logits) and the
         // widest decode step's buffers.
         let bs = crate::generate::BLOCK_SIZE;
-        let kv_cache = (p.kv_tokens().div_ceil(bs) + 1) * bs * 2 * layers * kv * bf16;
+        let kv_cache = (p.kv_tokens().div_ceil(bs) + 1) * bs * kv_bytes_per_token(cfg);
         let prefill_tokens = crate::generate::MAX_PREFILL_TOKENS
             .min(p.distinct_prompts * p.prompt_len + p.rollout_seqs * bs);
         let drawing = p.rollout_seqs.min(prefill_tokens);
@@ -326,7 +331,7 @@ pub fn fit_to_device(
             ..p
         };
     };
-    let per_token = 2 * cfg.num_hidden_layers * cfg.kv_dim() * 2;
+    let per_token = kv_bytes_per_token(cfg);
     let half = (capacity / 2 / per_token).min(p.full_kv_tokens());
     let micro_batch_tokens = micro.unwrap_or_else(|| {
         let beside = PlanInput {
@@ -369,24 +374,10 @@ pub fn default_kv_cache_tokens(
             ..p
         },
     );
-    let per_token = 2 * cfg.num_hidden_layers * cfg.kv_dim() * 2;
+    let per_token = kv_bytes_per_token(cfg);
     let room = (0.9 * capacity as f64) as usize;
     let left = room.saturating_sub(without.total()) / per_token / bs * bs;
     left.saturating_sub(bs).min(p.full_kv_tokens()).max(one)
-}
-
-/// `--micro-batch-tokens` when not given: from the plan on a device that reports
-/// its memory, else the CPU default.
-pub fn choose_micro_batch_tokens(
-    cfg: &ModelConfig,
-    train: &TrainLayers,
-    p: PlanInput,
-    memory: Option<(usize, usize)>,
-) -> usize {
-    match memory {
-        Some((_, total)) => default_micro_batch_tokens(cfg, train, p, total),
-        None => CPU_MICRO_BATCH_TOKENS,
-    }
 }
 
 /// The largest `--micro-batch-tokens` (a multiple of 1,024 up to

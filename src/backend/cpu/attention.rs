@@ -93,27 +93,50 @@ pub fn attention_saved<T: Real>(
                 "attention: slot {s} pos {p} outside the cache"
             );
             let kvh = h / group;
-            let qv = &q[row * hd..(row + 1) * hd];
             let key = |j: usize| ((s * d.max_len + j) * d.kv_heads + kvh) * hd;
-            let scores: Vec<T> = (0..=p)
-                .map(|j| {
-                    let kj = &k_cache[key(j)..key(j) + hd];
-                    qv.iter().zip(kj).map(|(&a, &b)| a * b).sum::<T>() * scale
-                })
-                .collect();
-            let max = scores.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
-            let weights: Vec<T> = scores.iter().map(|&v| (v - max).exp()).collect();
-            let denom: T = weights.iter().copied().sum();
-            *lse = max + denom.ln();
-            o.iter_mut().for_each(|v| *v = T::zero());
-            for (j, &w) in weights.iter().enumerate() {
-                let vj = &v_cache[key(j)..key(j) + hd];
-                let w = w / denom;
-                for (o, &v) in o.iter_mut().zip(vj) {
-                    *o = *o + w * v;
-                }
-            }
+            *lse = attend_row(
+                o,
+                &q[row * hd..(row + 1) * hd],
+                k_cache,
+                v_cache,
+                p,
+                key,
+                scale,
+            );
         });
+}
+
+/// One query row: `o = softmax_j(scale q·k_j) v_j` over positions `0..=p`, key and
+/// value j at element `key(j)` of the caches; returns the log-sum-exp. The contiguous
+/// and the paged reference (`paged.rs`) both use it, so they agree bit for bit.
+pub(super) fn attend_row<T: Real>(
+    o: &mut [T],
+    qv: &[T],
+    k_cache: &[T],
+    v_cache: &[T],
+    p: usize,
+    key: impl Fn(usize) -> usize,
+    scale: T,
+) -> T {
+    let hd = qv.len();
+    let scores: Vec<T> = (0..=p)
+        .map(|j| {
+            let kj = &k_cache[key(j)..key(j) + hd];
+            qv.iter().zip(kj).map(|(&a, &b)| a * b).sum::<T>() * scale
+        })
+        .collect();
+    let max = scores.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
+    let weights: Vec<T> = scores.iter().map(|&v| (v - max).exp()).collect();
+    let denom: T = weights.iter().copied().sum();
+    o.iter_mut().for_each(|v| *v = T::zero());
+    for (j, &w) in weights.iter().enumerate() {
+        let vj = &v_cache[key(j)..key(j) + hd];
+        let w = w / denom;
+        for (o, &v) in o.iter_mut().zip(vj) {
+            *o = *o + w * v;
+        }
+    }
+    max + denom.ln()
 }
 
 /// Backward of `attention_saved` (FlashAttention-2's math), per query row (t, h)

@@ -5,6 +5,7 @@
 //! table row r (see `PagedDims`). The arithmetic is `attention`'s, key by key in
 //! position order, so a paged cache gives bit for bit what a contiguous one does.
 
+use super::attention::attend_row;
 use super::Real;
 use crate::backend::PagedDims;
 use rayon::prelude::*;
@@ -70,25 +71,16 @@ pub fn attention_paged<T: Real>(
             "attention_paged: table row {r} position {p} outside the table"
         );
         let kvh = h / group;
-        let qv = &q[row * hd..(row + 1) * hd];
         let key = |j: usize| (physical_row(table, &d, r, j) * d.kv_heads + kvh) * hd;
-        let scores: Vec<T> = (0..=p)
-            .map(|j| {
-                let kj = &k_cache[key(j)..key(j) + hd];
-                qv.iter().zip(kj).map(|(&a, &b)| a * b).sum::<T>() * scale
-            })
-            .collect();
-        let max = scores.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
-        let weights: Vec<T> = scores.iter().map(|&v| (v - max).exp()).collect();
-        let denom: T = weights.iter().copied().sum();
-        o.iter_mut().for_each(|v| *v = T::zero());
-        for (j, &w) in weights.iter().enumerate() {
-            let vj = &v_cache[key(j)..key(j) + hd];
-            let w = w / denom;
-            for (o, &v) in o.iter_mut().zip(vj) {
-                *o = *o + w * v;
-            }
-        }
+        attend_row(
+            o,
+            &q[row * hd..(row + 1) * hd],
+            k_cache,
+            v_cache,
+            p,
+            key,
+            scale,
+        );
     });
 }
 

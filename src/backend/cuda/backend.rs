@@ -675,39 +675,21 @@ impl Backend for CudaBackend {
         seed: u64,
     ) -> Result<Vec<u32>> {
         let rows = streams.len();
-        check_len(logits, rows * vocab, "sample logits")?;
-        let stream_buf = CudaBuf::alloc(&self.dev, rows * 2, DType::F32)?; // u64 = two 4-byte words
-        self.dev.upload(
-            stream_buf.ptr(),
-            &streams
-                .iter()
-                .flat_map(|s| s.to_le_bytes())
-                .collect::<Vec<u8>>(),
+        let words: Vec<u32> = streams
+            .iter()
+            .flat_map(|&s| [s as u32, (s >> 32) as u32])
+            .collect();
+        let mut out = self.upload_idx(&vec![0; rows])?;
+        self.sample_into(
+            &mut out,
+            logits,
+            &self.upload_idx(&words)?,
+            rows,
+            vocab,
+            p,
+            seed,
         )?;
-        let out = CudaBuf::alloc(&self.dev, rows, DType::F32)?; // int32 results
-        let args = [
-            ptr(out.ptr()),
-            ptr(logits.expect(DType::F32, "sample logits")?),
-            ptr(stream_buf.ptr()),
-            int(rows, "rows")?,
-            int(vocab, "vocab")?,
-            KernelArg::F32(p.temperature),
-            int(p.top_k.min(vocab), "top_k")?,
-            KernelArg::F32(p.top_p),
-            KernelArg::U64(seed),
-        ];
-        launch(
-            &*self.dev,
-            "sample_forward_f32",
-            Launch::new([rows as u32, 1, 1], 512),
-            &args,
-        )?;
-        let mut bytes = vec![0u8; rows * 4];
-        self.dev.download(out.ptr(), &mut bytes)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32)
-            .collect())
+        self.download_idx(&out, rows)
     }
 
     fn logprob_gather(
