@@ -85,6 +85,7 @@ fn gsm8k_hand_written_rewards() {
         prompt: gsm8k::prompt("q"),
         reference: "1234".into(),
         code: None,
+        row: None,
     };
     let r = |c: &str| tasks::reward(TaskKind::Gsm8k, &p, c);
     assert_eq!(r("so the total is 1234.\n#### 1234"), 1.0, "right");
@@ -146,6 +147,7 @@ fn math_normalisation_and_rewards() {
         prompt: math::prompt("p"),
         reference: math::normalize("\\frac{1}{2}"),
         code: None,
+        row: None,
     };
     let r = |p: &Problem, c: &str| tasks::reward(TaskKind::Math, p, c);
     for c in [
@@ -355,6 +357,7 @@ fn arith_is_reproducible_and_rewards_are_right() {
         prompt: "23+58=".into(),
         reference: "81".into(),
         code: None,
+        row: None,
     };
     assert_eq!(tasks::reward(TaskKind::Arith, &p, "81 and more"), 1.0);
     assert_eq!(tasks::reward(TaskKind::Arith, &p, "18"), 0.0);
@@ -384,6 +387,7 @@ fn inc_problem() -> Problem {
         prompt: code::prompt(&spec.prompt),
         reference: "    return x + 1\n".into(),
         code: Some(spec),
+        row: None,
     }
 }
 

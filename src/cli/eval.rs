@@ -9,10 +9,11 @@ use super::{with_backend, BackendJob};
 use onelayer::backend::Backend;
 use onelayer::rl::eval::{evaluate, EvalResult};
 use onelayer::rl::run::load_problems;
+use onelayer::rl::work::rewarder;
 use onelayer::rl::work::Work;
 use onelayer::rl::RunSettings;
 use onelayer::sampling::SamplingParams;
-use onelayer::tasks::{Rewarder, TaskKind};
+use onelayer::tasks::TaskKind;
 use onelayer::{Error, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ pub struct Args {
     /// A run directory (or its trained.safetensors) whose trained layers to evaluate.
     #[arg(long)]
     pub trained: Option<PathBuf>,
-    /// gsm8k | math | code | arith | guess (default: the run's)
+    /// gsm8k | math | code | arith | custom | guess (default: the run's)
     #[arg(long)]
     pub task: Option<String>,
     /// An external multi-turn environment (see `engine run --env`; default: the run's).
@@ -53,6 +54,8 @@ pub struct Args {
     /// auto | cpu | cuda | cuda:N | emu
     #[arg(long, default_value = "auto")]
     pub device: String,
+    #[command(flatten)]
+    pub reward: super::reward::RewardFnArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -75,7 +78,11 @@ pub fn run(a: Args) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         ..RunSettings::default()
     };
-    let given = run_settings.unwrap_or_default().overlay(&flags);
+    let mut given = run_settings.unwrap_or_default().overlay(&flags);
+    a.reward.apply(&mut given);
+    if given.task.is_none() && given.reward_fn.is_some() && a.data.is_some() {
+        given.task = Some("custom".into());
+    }
     let mut s = RunSettings::defaults(given.model.is_none()).overlay(&given);
     // Evaluate --data (or, for arith, the generated held-out set) as the eval set.
     s.eval_data = a.data.clone();
@@ -122,7 +129,7 @@ impl BackendJob for Job {
             &model,
             codec.as_ref(),
             kind,
-            &Rewarder::default(),
+            &rewarder(s, kind)?,
             &problems,
             self.a.samples,
             s.max_new_tokens.unwrap_or(512),

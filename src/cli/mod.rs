@@ -7,6 +7,7 @@ mod generate;
 mod inspect;
 mod kernels;
 mod plan;
+mod reward;
 mod run;
 mod score;
 mod sweep;
@@ -45,6 +46,9 @@ pub enum Command {
     Eval(eval::Args),
     /// An HF model directory with a run's trained layers merged in.
     Export(export::Args),
+    /// Score a file of completions with a task's reward or a --reward-fn, without a
+    /// model (one line per completion, then a summary).
+    Reward(reward::Args),
     /// Per-token log-probs of a sequence, as JSON.
     Score(score::Args),
     /// Generate a continuation of a prompt.
@@ -67,6 +71,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sweep(a) => sweep::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => export::run(a),
+        Command::Reward(a) => reward::run(a),
         Command::Score(a) => score::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),

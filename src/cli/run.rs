@@ -37,7 +37,7 @@ pub struct Args {
     /// Layers to train: 18, 17,18, 16-19, all, or top-K with --from-sweep (default: the middle layer).
     #[arg(long)]
     pub train_layer: Option<String>,
-    /// gsm8k | math | code | arith | guess (a multi-turn environment)
+    /// gsm8k | math | code | arith | custom (rows scored by --reward-fn) | guess (a multi-turn environment)
     #[arg(long)]
     pub task: Option<String>,
     /// Training problems (JSONL) for gsm8k, math, code.
@@ -162,6 +162,8 @@ pub struct Args {
     /// lr_l = lr * max(C_l, 0) / max C over the trained layers (C <= 0: frozen).
     #[arg(long)]
     pub lr_by_contribution: bool,
+    #[command(flatten)]
+    pub reward: super::reward::RewardFnArgs,
 }
 
 impl Args {
@@ -212,6 +214,10 @@ impl Args {
             gigpo_mode: self.gigpo_mode.clone(),
             from_sweep: self.from_sweep.clone(),
             lr_by_contribution: self.lr_by_contribution.then_some(true),
+            reward_fn: self.reward.reward_fn.clone(),
+            reward_fn_style: self.reward.reward_fn_style.clone(),
+            reward_workers: self.reward.reward_workers,
+            reward_timeout: self.reward.reward_timeout,
         }
     }
 }
@@ -223,7 +229,8 @@ pub fn run(a: Args) -> Result<()> {
         (None, Some(p)) => RunSettings::from_toml_file(p)?,
         (None, None) => RunSettings::default(),
     };
-    let given = file.overlay(&flags);
+    let mut given = file.overlay(&flags);
+    super::reward::infer_task(&mut given);
     let demo = given.model.is_none();
     let settings = RunSettings::defaults(demo).overlay(&given);
     if let Some(path) = &a.rollouts {
@@ -299,9 +306,9 @@ pub fn build_model<B: Backend>(s: &RunSettings, backend: B) -> Result<Built<B>> 
     };
     match &s.model {
         None => {
-            if let Some(kind) = kind.filter(|&k| k != TaskKind::Arith) {
+            if let Some(kind) = kind.filter(|&k| k != TaskKind::Arith && k != TaskKind::Custom) {
                 return Err(Error::invalid(format!(
-                    "--task {kind}: the built-in demo model only speaks the arith task and the guess environment; give --model"
+                    "--task {kind}: the built-in demo model only speaks the arith task (and custom rows in its alphabet) and the guess environment; give --model"
                 )));
             }
             let codec = CharCodec::new(arith::ALPHABET, arith::END);

@@ -17,6 +17,18 @@ pub trait TextCodec: Send + Sync {
     /// observation and the model's action, first and last an observation; the
     /// model is to produce the next action.
     fn dialogue_ids(&self, turns: &[String]) -> Result<Vec<u32>>;
+    /// The token ids of a chat prompt given as messages (a dataset row's message
+    /// list), ending with the generation prompt.
+    fn messages_ids(&self, messages: &[Message]) -> Result<Vec<u32>>;
+}
+
+/// The prompt ids of a problem: its chat messages when the row gives a list, else
+/// its prompt text.
+pub fn problem_ids(codec: &dyn TextCodec, p: &crate::tasks::Problem) -> Result<Vec<u32>> {
+    match p.row.as_ref().and_then(|r| r.messages.as_deref()) {
+        Some(messages) => codec.messages_ids(messages),
+        None => codec.prompt_ids(&p.prompt),
+    }
 }
 
 /// A HF tokenizer with a chat template.
@@ -63,6 +75,15 @@ impl TextCodec for ChatCodec {
                 t.render(&messages, true, self.enable_thinking)?
             }
             None => turns.concat(),
+        };
+        self.tokenizer.encode(&text)
+    }
+
+    /// Without a template the contents are concatenated.
+    fn messages_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let text = match &self.template {
+            Some(t) => t.render(messages, true, self.enable_thinking)?,
+            None => messages.iter().map(|m| m.content.as_str()).collect(),
         };
         self.tokenizer.encode(&text)
     }
@@ -129,6 +150,16 @@ impl TextCodec for CharCodec {
     /// The turns concatenated.
     fn dialogue_ids(&self, turns: &[String]) -> Result<Vec<u32>> {
         self.encode(&turns.concat())
+    }
+
+    /// The contents concatenated.
+    fn messages_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.encode(
+            &messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<String>(),
+        )
     }
 }
 

@@ -2,13 +2,13 @@
 //! decoding for one sample (accuracy = pass@1), or `k` samples at the run's
 //! temperature with the unbiased pass@k estimator.
 
-use super::codec::TextCodec;
+use super::codec::{problem_ids, TextCodec};
 use crate::backend::Backend;
 use crate::generate::{generate, GenerateParams};
 use crate::model::Model;
 use crate::sampling::SamplingParams;
 use crate::tasks::eval::mean_pass_at_k;
-use crate::tasks::{Problem, Rewarder, TaskKind};
+use crate::tasks::{Problem, Rewarder, ScoreItem, TaskKind};
 use crate::Result;
 use serde::Serialize;
 
@@ -53,16 +53,30 @@ pub fn evaluate<B: Backend>(
     for chunk in problems.chunks(64) {
         let mut prompts = Vec::with_capacity(chunk.len() * samples);
         for p in chunk {
-            let ids = codec.prompt_ids(&p.prompt)?;
+            let ids = problem_ids(codec, p)?;
             prompts.extend(std::iter::repeat_n(ids, samples));
         }
         let outs = generate(model, &prompts, &params)?;
-        for (i, p) in chunk.iter().enumerate() {
+        let texts: Vec<String> = outs
+            .iter()
+            .map(|ids| codec.decode(ids))
+            .collect::<Result<_>>()?;
+        let items: Vec<ScoreItem> = outs
+            .iter()
+            .zip(&texts)
+            .enumerate()
+            .map(|(i, (ids, text))| ScoreItem {
+                problem: &chunk[i / samples],
+                completion: text,
+                completion_ids: ids,
+            })
+            .collect();
+        let scores = rewarder.score_batch(kind, &items)?;
+        for per_problem in scores.chunks(samples) {
             let mut correct = 0;
-            for ids in &outs[i * samples..(i + 1) * samples] {
-                let r = rewarder.reward(kind, p, &codec.decode(ids)?);
-                total += r;
-                if r >= 1.0 {
+            for s in per_problem {
+                total += s.reward;
+                if s.reward >= 1.0 {
                     correct += 1;
                 }
             }

@@ -302,6 +302,9 @@ pub fn run_rl<B: Backend>(
             "lr": trainer.config().optimizer.lr(),
             "elapsed_seconds": run_start.elapsed().as_secs_f64(),
         });
+        for (k, v) in &batch.reward_extras {
+            line[k.as_str()] = json!(v);
+        }
         if let Some(t) = batch.turns_mean {
             line["turns_mean"] = json!(t);
             line["samples"] = json!(rollouts.len());

@@ -76,6 +76,14 @@ pub struct RunSettings {
     pub from_sweep: Option<PathBuf>,
     /// Scale each trained layer's learning rate by its contribution (needs from_sweep).
     pub lr_by_contribution: Option<bool>,
+    /// A custom reward function, `FILE.py[:NAME]` (replaces the task's reward).
+    pub reward_fn: Option<String>,
+    /// verl (one completion per call) | trl (a batch per call).
+    pub reward_fn_style: Option<String>,
+    /// Python worker processes running the reward function.
+    pub reward_workers: Option<usize>,
+    /// Seconds one call of the reward function may take.
+    pub reward_timeout: Option<f64>,
 }
 
 macro_rules! overlay {
@@ -134,7 +142,11 @@ impl RunSettings {
             gamma,
             gigpo_mode,
             from_sweep,
-            lr_by_contribution
+            lr_by_contribution,
+            reward_fn,
+            reward_fn_style,
+            reward_workers,
+            reward_timeout
         );
         self
     }

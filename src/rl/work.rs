@@ -4,7 +4,7 @@
 //! `episodes.rs`). Both give the trainer rollouts with the step's reward statistics,
 //! and both evaluate on held-out problems or tasks with greedy decoding.
 
-use super::codec::TextCodec;
+use super::codec::{problem_ids, TextCodec};
 use super::episodes::{play, rollouts};
 use super::eval::{evaluate, EvalResult};
 use super::run::{load_problems, step_problems};
@@ -15,7 +15,7 @@ use crate::env::{self, Environment};
 use crate::generate::GenerateParams;
 use crate::model::Model;
 use crate::sampling::SamplingParams;
-use crate::tasks::{Problem, Rewarder, TaskKind};
+use crate::tasks::{Problem, RewardFn, Rewarder, TaskKind};
 use crate::train::{
     gigpo_advantages, Algo, EpisodeStep, EpisodeSteps, GigpoConfig, GigpoMode, Rollout,
 };
@@ -54,6 +54,9 @@ pub struct StepBatch {
     pub gen_tokens: usize,
     /// Mean actions per episode (multi-turn only).
     pub turns_mean: Option<f64>,
+    /// A custom reward function's extra numbers, averaged over the completions that
+    /// gave them (`reward/<key>`), and `reward/none`: the share TRL-style None.
+    pub reward_extras: Vec<(String, f64)>,
 }
 
 /// The GiGPO settings of a run.
@@ -95,6 +98,49 @@ fn one_step_gigpo(rollouts: &mut [Rollout], cfg: &GigpoConfig) {
     }
 }
 
+/// The run's reward: the task's, or the user's `--reward-fn` (its workers started
+/// here, so a wrong file or name fails before any model work).
+pub fn rewarder(s: &RunSettings, kind: TaskKind) -> Result<Rewarder> {
+    let custom = match &s.reward_fn {
+        Some(arg) => Some(RewardFn::start(&crate::tasks::RewardFnSpec::parse(
+            arg,
+            s.reward_fn_style.as_deref(),
+            s.reward_workers,
+            s.reward_timeout,
+        )?)?),
+        None if kind == TaskKind::Custom => return Err(Error::invalid(
+            "--task custom: the rows are scored by --reward-fn FILE.py[:NAME], and none was given",
+        )),
+        None => None,
+    };
+    Ok(Rewarder::default().with_fn(custom))
+}
+
+/// The step's `reward/<key>` means (each over the completions that gave the key) and,
+/// for a custom function, `reward/none` (the share it left without a reward).
+fn reward_extras(samples: &[super::sample::Sample], custom: bool) -> Vec<(String, f64)> {
+    let mut sums: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+    for x in samples {
+        for (k, v) in &x.scored.extras {
+            let e = sums.entry(k.as_str()).or_default();
+            e.0 += v;
+            e.1 += 1;
+        }
+    }
+    let mut out: Vec<(String, f64)> = sums
+        .into_iter()
+        .map(|(k, (sum, n))| (format!("reward/{k}"), sum / n as f64))
+        .collect();
+    if custom {
+        let none = samples.iter().filter(|x| x.scored.none).count();
+        out.push((
+            "reward/none".into(),
+            none as f64 / samples.len().max(1) as f64,
+        ));
+    }
+    out
+}
+
 impl Work {
     /// The work a run's settings name. `terse`: the model is the built-in demo
     /// model (its character alphabet).
@@ -120,14 +166,14 @@ impl Work {
         }
         let prompts = problems
             .iter()
-            .map(|p| codec.prompt_ids(&p.prompt))
+            .map(|p| problem_ids(codec, p))
             .collect::<Result<_>>()?;
         Ok(Work::Tasks {
             kind,
             problems,
             eval_problems,
             prompts,
-            rewarder: Rewarder::default(),
+            rewarder: rewarder(s, kind)?,
             gigpo: gigpo_config(s)?,
         })
     }
@@ -172,10 +218,19 @@ impl Work {
             } => {
                 let idx = step_problems(problems.len(), per_step, seed, step);
                 let step_prompts: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].clone()).collect();
-                let samples =
-                    sample_groups(model, codec, &step_prompts, group, gen, &tag, |p, text| {
-                        rewarder.reward(*kind, &problems[idx[p]], text)
-                    })?;
+                let step_problems: Vec<&Problem> = idx.iter().map(|&i| &problems[i]).collect();
+                let samples = sample_groups(
+                    model,
+                    codec,
+                    &step_prompts,
+                    &step_problems,
+                    *kind,
+                    rewarder,
+                    group,
+                    gen,
+                    &tag,
+                )?;
+                let reward_extras = reward_extras(&samples, rewarder.custom.is_some());
                 let mut rollouts: Vec<Rollout> = samples.into_iter().map(|x| x.rollout).collect();
                 if algo == Algo::Gigpo {
                     one_step_gigpo(&mut rollouts, gigpo);
@@ -190,6 +245,7 @@ impl Work {
                     accuracy,
                     gen_tokens,
                     turns_mean: None,
+                    reward_extras,
                 })
             }
             Work::Env {
@@ -224,6 +280,7 @@ impl Work {
                     accuracy,
                     gen_tokens,
                     turns_mean: Some(turns as f64 / n),
+                    reward_extras: Vec::new(),
                 })
             }
         }

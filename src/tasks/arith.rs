@@ -116,6 +116,7 @@ pub fn generate(opts: &ArithOptions) -> Result<Vec<Problem>> {
                 prompt: format!("{a}{op}{b}="),
                 reference: value.to_string(),
                 code: None,
+                row: None,
             }
         })
         .collect())

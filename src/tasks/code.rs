@@ -72,6 +72,7 @@ pub fn load(path: &Path) -> Result<Vec<Problem>> {
             prompt: prompt(&spec.prompt),
             reference: spec.canonical_solution.clone().unwrap_or_default(),
             code: Some(spec),
+            row: None,
         })
     })
 }

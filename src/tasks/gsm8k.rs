@@ -42,6 +42,7 @@ pub fn load(path: &Path) -> Result<Vec<Problem>> {
             prompt: prompt(question),
             reference,
             code: None,
+            row: None,
         })
     })
 }

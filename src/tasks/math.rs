@@ -64,6 +64,7 @@ pub fn load(path: &Path) -> Result<Vec<Problem>> {
             prompt: prompt(problem),
             reference: normalize(&answer),
             code: None,
+            row: None,
         })
     })
 }

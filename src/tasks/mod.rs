@@ -8,6 +8,12 @@
 //!   subprocess (`sandbox`); reward = tests pass.
 //! - `arith`: generated, seeded arithmetic (`23+58=` -> `81`) for the built-in
 //!   tiny model; no dataset, no chat template.
+//! - `custom`: JSONL rows with `prompt` (a string or chat messages) and any other
+//!   columns, scored by the user's `--reward-fn` (`custom.rs`, `reward_fn.rs`).
+//!
+//! `--reward-fn` replaces the reward of any task (the built-in tasks' problems reach
+//! it with their reference as `ground_truth`); `Rewarder::score_batch` is the one
+//! entry point training, evaluation and `engine reward` share.
 //!
 //! Datasets are JSONL, optionally gzip-compressed (a path ending in `.gz`, as
 //! HumanEval ships). `pass_at_k` (in `eval`) is the unbiased pass@k estimator.
@@ -15,17 +21,21 @@
 
 pub mod arith;
 pub mod code;
+pub mod custom;
 pub mod eval;
 pub mod gsm8k;
 mod jsonl;
 pub mod math;
+pub mod reward_fn;
 pub mod sandbox;
 
 use std::path::Path;
+use std::sync::Arc;
 
 pub use arith::ArithOptions;
 pub use code::CodeSpec;
 pub use eval::pass_at_k;
+pub use reward_fn::{RewardFn, RewardFnSpec, RewardStyle};
 pub use sandbox::{Outcome, RunResult, SandboxConfig};
 
 use crate::{Error, Result};
@@ -37,14 +47,16 @@ pub enum TaskKind {
     Math,
     Code,
     Arith,
+    Custom,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 4] = [
+    pub const ALL: [TaskKind; 5] = [
         TaskKind::Gsm8k,
         TaskKind::Math,
         TaskKind::Code,
         TaskKind::Arith,
+        TaskKind::Custom,
     ];
 
     /// Parses a `--task` value (case-insensitive).
@@ -55,7 +67,7 @@ impl TaskKind {
             .find(|k| k.name() == t)
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "--task: unknown task {s:?} (valid: gsm8k, math, code, arith)"
+                    "--task: unknown task {s:?} (valid: gsm8k, math, code, arith, custom)"
                 ))
             })
     }
@@ -66,6 +78,7 @@ impl TaskKind {
             TaskKind::Math => "math",
             TaskKind::Code => "code",
             TaskKind::Arith => "arith",
+            TaskKind::Custom => "custom",
         }
     }
 
@@ -83,7 +96,7 @@ impl std::fmt::Display for TaskKind {
 }
 
 /// One problem of a task.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Problem {
     /// `gsm8k-0`, `math-0`, HumanEval's `task_id`, `arith-<seed>-<i>`.
     pub id: String,
@@ -95,6 +108,8 @@ pub struct Problem {
     pub reference: String,
     /// Present for the code task.
     pub code: Option<CodeSpec>,
+    /// The dataset row (custom datasets): chat messages and every column.
+    pub row: Option<Arc<custom::Row>>,
 }
 
 /// Reads (gsm8k, math, code) or generates (arith) the problems of a task.
@@ -116,38 +131,111 @@ pub fn load(
         (TaskKind::Gsm8k, Some(p)) => gsm8k::load(p),
         (TaskKind::Math, Some(p)) => math::load(p),
         (TaskKind::Code, Some(p)) => code::load(p),
+        (TaskKind::Custom, Some(p)) => custom::load(p),
     }
 }
 
-/// The reward of a completion, with the default sandbox settings for code.
+/// The built-in reward of a completion, with the default sandbox settings for code.
 pub fn reward(kind: TaskKind, problem: &Problem, completion: &str) -> f64 {
     Rewarder::default().reward(kind, problem, completion)
 }
 
-/// A reward and, for code, what the sandboxed run did (for logging).
-#[derive(Clone, Debug)]
+/// A reward and what decided it.
+#[derive(Clone, Debug, Default)]
 pub struct Scored {
     pub reward: f64,
+    /// Code: what the sandboxed run did.
     pub run: Option<RunResult>,
+    /// A custom function's other numbers (`reward/<key>` in the metrics).
+    pub extras: Vec<(String, f64)>,
+    /// A TRL-style function returned None (no reward; scored 0).
+    pub none: bool,
 }
 
-/// Reward functions with settings (the code sandbox's limits).
+impl Scored {
+    /// `passed`/`failed`/... for code, `none` for a TRL None, else `scored`.
+    pub fn outcome(&self) -> &'static str {
+        match (&self.run, self.none) {
+            (Some(r), _) => r.outcome.name(),
+            (None, true) => "none",
+            (None, false) => "scored",
+        }
+    }
+}
+
+/// One completion to score.
+pub struct ScoreItem<'a> {
+    pub problem: &'a Problem,
+    pub completion: &'a str,
+    /// The completion's token ids (TRL's `completion_ids`; empty when unknown).
+    pub completion_ids: &'a [u32],
+}
+
+/// Reward functions with settings: the code sandbox's limits, and the user's
+/// function when `--reward-fn` is given (it then replaces the task's reward).
 #[derive(Clone, Debug, Default)]
 pub struct Rewarder {
     pub sandbox: SandboxConfig,
+    pub custom: Option<Arc<RewardFn>>,
 }
 
 impl Rewarder {
     pub fn new(sandbox: SandboxConfig) -> Self {
-        Rewarder { sandbox }
+        Rewarder {
+            sandbox,
+            custom: None,
+        }
     }
 
+    /// With the user's function (started: its workers are running).
+    pub fn with_fn(mut self, f: Option<RewardFn>) -> Self {
+        self.custom = f.map(Arc::new);
+        self
+    }
+
+    /// Scores of `items` in order: the user's function when there is one, else the
+    /// task's built-in reward (code runs in parallel on the rayon pool). An error is
+    /// one line naming the function and the row; nothing should train on the batch.
+    pub fn score_batch(&self, kind: TaskKind, items: &[ScoreItem<'_>]) -> Result<Vec<Scored>> {
+        if let Some(f) = &self.custom {
+            let inputs: Vec<reward_fn::FnInput> = items
+                .iter()
+                .map(|i| reward_fn::FnInput {
+                    problem: i.problem,
+                    completion: i.completion,
+                    completion_ids: i.completion_ids,
+                })
+                .collect();
+            return Ok(f
+                .score(kind, &inputs)?
+                .into_iter()
+                .map(|s| Scored {
+                    reward: s.reward,
+                    run: None,
+                    extras: s.extras,
+                    none: s.none,
+                })
+                .collect());
+        }
+        if kind == TaskKind::Custom {
+            return Err(Error::invalid(
+                "--task custom: the rows are scored by --reward-fn FILE.py[:NAME], and none was given",
+            ));
+        }
+        use rayon::prelude::*;
+        Ok(items
+            .par_iter()
+            .map(|i| self.score(kind, i.problem, i.completion))
+            .collect())
+    }
+
+    /// The built-in reward (the user's function is not consulted).
     pub fn reward(&self, kind: TaskKind, problem: &Problem, completion: &str) -> f64 {
         self.score(kind, problem, completion).reward
     }
 
-    /// Scores many completions, in parallel on the rayon pool (code runs are
-    /// subprocesses, so at most one per pool thread at a time). Same order.
+    /// Scores many completions with the built-in rewards, in parallel on the rayon
+    /// pool (code runs are subprocesses, so at most one per pool thread). Same order.
     pub fn score_many(&self, kind: TaskKind, items: &[(&Problem, &str)]) -> Vec<Scored> {
         use rayon::prelude::*;
         items
@@ -156,12 +244,17 @@ impl Rewarder {
             .collect()
     }
 
+    /// The built-in reward of one completion.
     pub fn score(&self, kind: TaskKind, problem: &Problem, completion: &str) -> Scored {
-        let plain = |reward| Scored { reward, run: None };
+        let plain = |reward| Scored {
+            reward,
+            ..Scored::default()
+        };
         match kind {
             TaskKind::Gsm8k => plain(gsm8k::reward(&problem.reference, completion)),
             TaskKind::Math => plain(math::reward(&problem.reference, completion)),
             TaskKind::Arith => plain(arith::reward(&problem.reference, completion)),
+            TaskKind::Custom => plain(0.0),
             TaskKind::Code => match &problem.code {
                 Some(spec) => {
                     let run = code::run(spec, completion, &self.sandbox);
@@ -172,6 +265,7 @@ impl Rewarder {
                             0.0
                         },
                         run: Some(run),
+                        ..Scored::default()
                     }
                 }
                 None => plain(0.0),
