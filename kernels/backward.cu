@@ -5,24 +5,32 @@
 // Math:
 //   kv_write_backward:  x[t, :] = cache[slot[t], pos[t], :]
 //   embedding_backward: dst[idx[r], :] = src[r, :]          (idx must not repeat)
+//   embedding_grad:     dtable[uniq[u], :] += sum_{k in [starts[u], starts[u+1])}
+//                       dx[order[k], :], f32 accumulation (the gradient of a trained
+//                       embedding table, whose ids repeat: the host sorts the tokens
+//                       by id, stably, so each row's tokens are summed in increasing
+//                       token order, as the CPU reference adds them).
 //   column_sum:         out[p, c] (= or +=) sum_{r in part p} x[r, c], rows taken in
 //                       increasing order, part p = rows [p * rows_per_part,
 //                       min(rows, (p + 1) * rows_per_part)); f32 accumulation.
 // Shapes: x [tokens, row], cache [slots, max_len, row] (row = kv_heads * head_dim);
-//   src [rows, dim], dst [dst_rows, dim]; column_sum x [rows, cols], out [parts, cols]
+//   src [rows, dim], dst [dst_rows, dim]; embedding_grad dx [tokens, dim] (bf16 or
+//   f32), order [tokens], uniq [n_uniq], starts [n_uniq + 1], dtable [vocab, dim] f32;
+//   column_sum x [rows, cols], out [parts, cols]
 //   f32. Indices are int32. The `_X_to_Y` variants read X and write Y (rounded to
 //   nearest even when Y is bf16); `_bf16` / `_f32` read and write that type.
 // Saves: nothing.
 // Launch: kv_write_backward / embedding_backward: grid-stride over rows (any grid,
 //   one row per block per step), 128 threads; rows whose source and destination are
 //   16-byte aligned with a multiple of 8 elements move 8 elements per access, others
-//   go element by element. column_sum: grid (ceil(cols / (threads * V)), parts),
+//   go element by element. embedding_grad: grid-stride over unique ids, 128 threads
+//   striding the columns. column_sum: grid (ceil(cols / (threads * V)), parts),
 //   any multiple of 32 threads, V = 8 (bf16) or 4 (f32) columns per thread when cols
 //   % V == 0 and x is 16-byte aligned, else 1. Deterministic: every output element
 //   is one thread's sum in a fixed order (no atomics), so the result depends only on
 //   the shapes and rows_per_part, never on scheduling.
-// Writes: x (=), dst rows idx[r] (=, other rows untouched), out (= or += by
-//   `accumulate`).
+// Writes: x (=), dst rows idx[r] (=, other rows untouched), dtable rows uniq[u] (+=),
+//   out (= or += by `accumulate`).
 
 template <class A, class B>
 struct bw_same {
@@ -130,6 +138,33 @@ embedding_backward_f32_to_bf16(bf16* dst, const float* src, const int* idx, int 
 extern "C" __global__ void __launch_bounds__(128)
 embedding_backward_bf16_to_f32(float* dst, const bf16* src, const int* idx, int rows, int dim) {
     scatter_rows_of(dst, src, idx, rows, dim);
+}
+
+template <class TS>
+__device__ __forceinline__ void embedding_grad_of(float* __restrict__ dtable, const TS* __restrict__ dx,
+                                                  const int* __restrict__ order, const int* __restrict__ uniq,
+                                                  const int* __restrict__ starts, int n_uniq, int dim) {
+    for (int u = blockIdx.x; u < n_uniq; u += gridDim.x) {
+        float* dst = dtable + (size_t)uniq[u] * dim;
+        const int k0 = starts[u], k1 = starts[u + 1];
+        for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+            float acc = 0.f;
+            for (int k = k0; k < k1; ++k) acc += to_f32(dx[(size_t)order[k] * dim + c]);
+            dst[c] += acc;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+embedding_grad_bf16(float* dtable, const bf16* dx, const int* order, const int* uniq, const int* starts, int n_uniq,
+                    int dim) {
+    embedding_grad_of(dtable, dx, order, uniq, starts, n_uniq, dim);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+embedding_grad_f32(float* dtable, const float* dx, const int* order, const int* uniq, const int* starts, int n_uniq,
+                   int dim) {
+    embedding_grad_of(dtable, dx, order, uniq, starts, n_uniq, dim);
 }
 
 // Column sums: V adjacent columns per thread, the part's rows in order.

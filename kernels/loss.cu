@@ -12,6 +12,8 @@
 //     A < 0 and l > -A c -> l = -A c, dl/dlogp = 0, clipped; KL (ref_logp != null and
 //     beta != 0): l += beta kl, dl/dlogp += beta dkl, kl by kl_type (0 K1, 1 K2, 2 K3,
 //     3 low-var-kl; cpu::loss::kl_term).
+//   cross-entropy mode (ce != 0, supervised fine-tuning): l = -logp, dl/dlogp = -1,
+//     never clipped; old_logp, adv, ref_logp are not read.
 //   pass 2: dlogits[j] = weight * (g ([j = y] - p_j) + entropy_coef p_j (z_j - lse + H)),
 //     g = dl/dlogp (the gradient of l - entropy_coef H times the aggregation weight).
 //   stats[row] = (logp, l, H, clipped ? 1 : 0).
@@ -167,7 +169,7 @@ __device__ __forceinline__ void token_loss_rows(TD* __restrict__ dlogits, float*
                                                 const float* __restrict__ ref_logp, const float* __restrict__ adv,
                                                 const float* __restrict__ weight, int rows, int vocab,
                                                 float eps_low, float eps_high, int dual_clip, float clip_c,
-                                                int kl_type, float beta, float entropy_coef) {
+                                                int kl_type, float beta, float entropy_coef, int ce) {
     __shared__ float red_m[LOSS_THREADS / 32], red_s[LOSS_THREADS / 32], red_t[LOSS_THREADS / 32];
     __shared__ float bcast[3];  // lse, H, g * weight
     const int warps = (int)blockDim.x >> 5;
@@ -207,8 +209,14 @@ __device__ __forceinline__ void token_loss_rows(TD* __restrict__ dlogits, float*
             const float entropy = log_s - all.t / all.s;
             const float logp = z[target[row]] - lse;
             float loss, grad, clipped;
-            loss_ppo_token(logp, old_logp[row], adv[row], ref_logp, row, eps_low, eps_high, dual_clip, clip_c,
-                           kl_type, beta, loss, grad, clipped);
+            if (ce) {
+                loss = -logp;
+                grad = -1.f;
+                clipped = 0.f;
+            } else {
+                loss_ppo_token(logp, old_logp[row], adv[row], ref_logp, row, eps_low, eps_high, dual_clip, clip_c,
+                               kl_type, beta, loss, grad, clipped);
+            }
             float* so = stats + (size_t)row * 4;
             so[0] = logp;
             so[1] = loss;
@@ -252,16 +260,16 @@ extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
 token_loss_backward_bf16(bf16* dlogits, float* stats, const float* logits, const int* target, const float* old_logp,
                          const float* ref_logp, const float* adv, const float* weight, int rows, int vocab,
                          float eps_low, float eps_high, int dual_clip, float clip_c, int kl_type, float beta,
-                         float entropy_coef) {
+                         float entropy_coef, int ce) {
     token_loss_rows<bf16>(dlogits, stats, logits, target, old_logp, ref_logp, adv, weight, rows, vocab, eps_low,
-                          eps_high, dual_clip, clip_c, kl_type, beta, entropy_coef);
+                          eps_high, dual_clip, clip_c, kl_type, beta, entropy_coef, ce);
 }
 
 extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
 token_loss_backward_f32(float* dlogits, float* stats, const float* logits, const int* target, const float* old_logp,
                         const float* ref_logp, const float* adv, const float* weight, int rows, int vocab,
                         float eps_low, float eps_high, int dual_clip, float clip_c, int kl_type, float beta,
-                        float entropy_coef) {
+                        float entropy_coef, int ce) {
     token_loss_rows<float>(dlogits, stats, logits, target, old_logp, ref_logp, adv, weight, rows, vocab, eps_low,
-                           eps_high, dual_clip, clip_c, kl_type, beta, entropy_coef);
+                           eps_high, dual_clip, clip_c, kl_type, beta, entropy_coef, ce);
 }

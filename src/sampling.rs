@@ -55,6 +55,29 @@ impl SamplingParams {
     }
 }
 
+/// The examples of step `step` (1-based) out of `n`: a seeded permutation per pass
+/// over the data (RL problems, SFT examples), so step s depends only on (seed, s).
+pub fn step_problems(n: usize, per_step: usize, seed: u64, step: usize) -> Vec<usize> {
+    let mut perm: Option<(usize, Vec<usize>)> = None;
+    (0..per_step)
+        .map(|k| {
+            let flat = (step - 1) * per_step + k;
+            let (pass, i) = (flat / n, flat % n);
+            if perm.as_ref().is_none_or(|(p, _)| *p != pass) {
+                let order = permutation(n, mix64(seed ^ (pass as u64).wrapping_mul(0x9e37)));
+                perm = Some((pass, order));
+            }
+            perm.as_ref().expect("set above").1[i]
+        })
+        .collect()
+}
+
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut keys: Vec<(u64, usize)> = (0..n).map(|i| (mix64(seed ^ mix64(i as u64)), i)).collect();
+    keys.sort();
+    keys.into_iter().map(|(_, i)| i).collect()
+}
+
 /// splitmix64's finaliser.
 pub fn mix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -217,6 +217,52 @@ fn scatter_rows_matches_exactly_and_leaves_other_rows() {
     }
 }
 
+/// The gradient of a trained embedding table: repeated ids summed in token order,
+/// on top of what the accumulator held; the same f32 sums as the CPU reference.
+#[test]
+fn embedding_grad_accumulates_repeated_ids_exactly() {
+    let c = cpu();
+    for (name, be) in cuda_backends() {
+        let mut g = Gen(13);
+        for dim in [8usize, 20, 3] {
+            let (tokens, vocab) = (23, 7);
+            let dx = g.f32s(tokens * dim, 1.5);
+            let acc0 = g.f32s(vocab * dim, 1.0);
+            // Every id but 6 appears, several many times, in scattered order.
+            let ids: Vec<u32> = (0..tokens).map(|t| ((t * 5 + t / 3) % 6) as u32).collect();
+            for dt in [DType::Bf16, DType::F32] {
+                let dxs = stored(&dx, dt);
+                let mut want = acc0.clone();
+                c.embedding_grad(&mut want, &dxs, &ids, tokens, dim)
+                    .unwrap();
+                let mut acc = upload(&be, &acc0, DType::F32);
+                be.embedding_grad(
+                    &mut acc,
+                    &upload(&be, &dxs, dt),
+                    &be.upload_idx(&ids).unwrap(),
+                    tokens,
+                    dim,
+                )
+                .unwrap();
+                let got = be.download(&acc).unwrap();
+                assert_eq!(got, want, "{name} embedding_grad dim {dim} dx {dt:?}");
+                assert_eq!(&got[6 * dim..], &acc0[6 * dim..], "an unused row moved");
+            }
+        }
+        let mut acc = be.zeros_f32(4 * 8).unwrap();
+        let e = be
+            .embedding_grad(
+                &mut acc,
+                &be.zeros(8).unwrap(),
+                &be.upload_idx(&[4]).unwrap(),
+                1,
+                8,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("outside a table"), "{e}");
+    }
+}
+
 #[test]
 fn rope_backward_matches_and_inverts_rope() {
     let c = cpu();
@@ -755,6 +801,14 @@ fn token_loss_backward_matches_every_branch() {
             };
             check_token_loss(&name, &be, &clamped, &c, DType::Bf16);
             check_token_loss(&name, &be, &clamped, &c, DType::F32);
+            // Supervised fine-tuning's cross-entropy (old_logp, adv, ref unused).
+            let ce = LossConfig::cross_entropy();
+            check_token_loss(&name, &be, &with_ref, &ce, DType::Bf16);
+            let ce_h = LossConfig {
+                entropy_coef: 0.03,
+                ..ce
+            };
+            check_token_loss(&name, &be, &plain, &ce_h, DType::F32);
         }
     }
 }

@@ -82,6 +82,8 @@ const LOSS_CASES: [&str; 10] = [
 ];
 const SGD_CASE: &str = "qwen3-sgd-layer1";
 const ADAMW_CASE: &str = "qwen3-adamw2-layer1";
+/// Checked by tests/sft_vs_pytorch.rs (tools/make_sft_fixture.py).
+const SFT_CASE: &str = "qwen3-sft-layer1";
 
 // ---------------------------------------------------------------------------
 // Cases
@@ -213,6 +215,7 @@ impl Case {
                 kl,
                 beta: self.f64("kl_coef"),
                 entropy_coef: self.f64("entropy_coef"),
+                cross_entropy: false,
             },
             loss_agg,
             max_new_tokens: self.f64("max_new_tokens") as usize,
@@ -434,7 +437,7 @@ fn every_fixture_case_is_tested() {
     on_disk.sort();
     let mut tested: Vec<String> = LOSS_CASES
         .iter()
-        .chain([&SGD_CASE, &ADAMW_CASE])
+        .chain([&SGD_CASE, &ADAMW_CASE, &SFT_CASE])
         .map(|s| s.to_string())
         .collect();
     tested.sort();

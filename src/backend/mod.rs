@@ -510,6 +510,18 @@ pub trait Backend: Send + Sync {
         dim: usize,
     ) -> Result<()>;
 
+    /// `dtable[ids[t], :] += dx[t, :]` for every token `t < tokens` (f32 accumulator
+    /// `[rows, dim]`; ids may repeat): the gradient of `embedding` for a trained
+    /// table. Each row's tokens are added in increasing token order (deterministic).
+    fn embedding_grad(
+        &self,
+        dtable: &mut Self::Buf,
+        dx: &Self::Buf,
+        ids: &Self::Idx,
+        tokens: usize,
+        dim: usize,
+    ) -> Result<()>;
+
     /// The fused loss of one chunk of LM-head rows (DESIGN section 4): for each row,
     /// log-softmax of `logits [rows, vocab]` (f32), the target's log-prob, the
     /// PPO/GRPO token loss `l` (`cpu::loss::ppo_token_loss`), the entropy `H`; writes

@@ -10,6 +10,7 @@ mod plan;
 mod reward;
 mod run;
 mod score;
+mod sft;
 mod sweep;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ pub struct Cli {
 pub enum Command {
     /// RL post-training of the selected layers (no arguments: the built-in demo).
     Run(Box<run::Args>),
+    /// Supervised fine-tuning of the selected layers (cross-entropy on completions).
+    Sft(Box<sft::Args>),
     /// Contribution of every layer against the full-parameter baseline (runs, report,
     /// chart); `sweep compare A B` correlates two sweeps' layer rankings.
     Sweep(Box<sweep::Args>),
@@ -68,6 +71,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(a) => run::run(*a),
+        Command::Sft(a) => sft::run(*a),
         Command::Sweep(a) => sweep::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => export::run(a),

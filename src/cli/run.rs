@@ -416,7 +416,7 @@ impl BackendJob for RlJob {
 }
 
 /// `runs/` names: UTC `YYYYMMDD-HHMMSS`.
-fn timestamp() -> String {
+pub fn timestamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

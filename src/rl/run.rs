@@ -31,11 +31,10 @@ use crate::{Error, Result};
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-/// Set by a Ctrl-C handler: the loop saves a checkpoint and stops after the step.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub use crate::train::INTERRUPTED;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -82,6 +81,7 @@ pub fn train_config(s: &RunSettings) -> Result<TrainConfig> {
             kl: parse_kl_type(s.kl_type.as_deref().unwrap_or("k3"))?,
             beta: s.kl_coef.unwrap_or(0.0),
             entropy_coef: s.entropy_coef.unwrap_or(0.0),
+            cross_entropy: false,
         },
         loss_agg,
         max_new_tokens: s.max_new_tokens.unwrap_or(512),
@@ -130,22 +130,7 @@ pub fn load_problems(s: &RunSettings) -> Result<(TaskKind, Vec<Problem>, Vec<Pro
     Ok((kind, train, eval))
 }
 
-/// The problems of step `step` (1-based): a seeded permutation per pass.
-pub fn step_problems(n: usize, per_step: usize, seed: u64, step: usize) -> Vec<usize> {
-    (0..per_step)
-        .map(|k| {
-            let flat = (step - 1) * per_step + k;
-            let (pass, i) = (flat / n, flat % n);
-            permutation(n, mix64(seed ^ (pass as u64).wrapping_mul(0x9e37)))[i]
-        })
-        .collect()
-}
-
-fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut keys: Vec<(u64, usize)> = (0..n).map(|i| (mix64(seed ^ mix64(i as u64)), i)).collect();
-    keys.sort();
-    keys.into_iter().map(|(_, i)| i).collect()
-}
+pub use crate::sampling::step_problems;
 
 /// Run (or, with `resume`, continue) the RL loop in `out`. `settings` must be
 /// resolved (defaults applied).
@@ -212,7 +197,8 @@ pub fn run_rl<B: Backend>(
         }
     }
     let metrics_path = out.join("metrics.jsonl");
-    let (mut train_curve, mut eval_curve) = read_curves(&metrics_path, start)?;
+    let (mut train_curve, mut eval_curve) =
+        checkpoint::truncate_metrics(&metrics_path, start, ("reward_mean", "eval_accuracy"))?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -393,40 +379,6 @@ fn progress_bar(steps: usize, start: usize) -> indicatif::ProgressBar {
     );
     bar.set_position(start as u64);
     bar
-}
-
-/// The curves already in `metrics.jsonl` up to step `upto` (resume); lines after
-/// it are dropped from the file.
-/// (step, value) points of a chart.
-type Curve = Vec<(usize, f64)>;
-
-fn read_curves(path: &Path, upto: usize) -> Result<(Curve, Curve)> {
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    if !path.exists() {
-        return Ok((train, eval));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-    let mut kept = String::new();
-    for line in text.lines() {
-        let v: serde_json::Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(_) => continue,
-        };
-        let step = v["step"].as_u64().unwrap_or(0) as usize;
-        if step > upto || (step == 0 && upto == 0) {
-            continue;
-        }
-        kept.push_str(line);
-        kept.push('\n');
-        if let Some(r) = v["reward_mean"].as_f64() {
-            train.push((step, r));
-        }
-        if let Some(a) = v["eval_accuracy"].as_f64() {
-            eval.push((step, a));
-        }
-    }
-    std::fs::write(path, kept).map_err(|e| Error::file(path, e))?;
-    Ok((train, eval))
 }
 
 /// JSON has no NaN: non-finite values are written as null.

@@ -35,6 +35,7 @@ use std::sync::Arc;
 pub use arith::ArithOptions;
 pub use code::CodeSpec;
 pub use eval::pass_at_k;
+pub use jsonl::{read as read_jsonl, Record};
 pub use reward_fn::{RewardFn, RewardFnSpec, RewardStyle};
 pub use sandbox::{Outcome, RunResult, SandboxConfig};
 

@@ -6,6 +6,7 @@
 
 pub mod adamw;
 pub mod advantage;
+pub mod checkpoint;
 pub mod config;
 pub mod head;
 pub mod layer;
@@ -14,6 +15,10 @@ pub mod pack;
 pub mod plan;
 pub mod rollout;
 pub mod trainer;
+
+/// Set by a Ctrl-C handler: RL and SFT loops save a checkpoint and stop after the
+/// step.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub use adamw::AdamW;
 pub use advantage::{

@@ -342,7 +342,9 @@ impl<B: Backend> Trainer<B> {
             for seqs in pack.split_by_tokens(self.cfg.micro_batch_tokens) {
                 let mp = pack.micro(seqs);
                 let idx = PackedIdx::new(&self.model.backend, &mp, &self.model)?;
-                let need_old = mp.old_logp.iter().any(Option::is_none);
+                // Cross-entropy (SFT) reads no old log-probs.
+                let need_old =
+                    !self.cfg.loss.cross_entropy && mp.old_logp.iter().any(Option::is_none);
                 let x_lo = if self.cfg.keep_prefix || need_old {
                     Some(self.prefix(&mp, &idx)?)
                 } else {

@@ -3,7 +3,7 @@
 //! a random dy, so the numeric gradient of L is the vector-Jacobian product the
 //! backward op computes. Accumulating outputs are pre-filled with random values.
 
-use super::loss::{aggregate, ppo_token_loss, KlType, LossAgg, LossConfig};
+use super::loss::{aggregate, ppo_token_loss, token_loss_row, KlType, LossAgg, LossConfig};
 use super::*;
 use crate::backend::AttnDims;
 
@@ -352,6 +352,24 @@ fn ppo_loss_branches_and_gradients() {
     // beta = 0 or no reference: no KL.
     let (l, _) = loss_grad_check(0.1, 0.0, 1.0, None, &lv);
     assert!(close(l, -(0.1f64.exp())));
+}
+
+/// Cross-entropy mode: l = -logp whatever the policy inputs, and the logit gradient
+/// is weight * (p - onehot), the gradient of PyTorch's cross_entropy.
+#[test]
+fn cross_entropy_row_is_minus_logp_with_the_softmax_gradient() {
+    let logits = [0.3f64, -1.2, 2.0, 0.7, -0.1];
+    let lse = logits.iter().map(|z| z.exp()).sum::<f64>().ln();
+    let cfg = LossConfig::cross_entropy();
+    let mut d = [0.0f64; 5];
+    let out = token_loss_row(&mut d, &logits, 3, 5.0, Some(1.0), -2.0, 0.5, &cfg);
+    assert!((out[0] - (0.7 - lse)).abs() < 1e-12);
+    assert!((out[1] + out[0]).abs() < 1e-12, "loss = -logp");
+    assert_eq!(out[3], 0.0, "never clipped");
+    for (j, (&g, &z)) in d.iter().zip(&logits).enumerate() {
+        let want = 0.5 * ((z - lse).exp() - if j == 3 { 1.0 } else { 0.0 });
+        assert!((g - want).abs() < 1e-12, "{j}: {g} vs {want}");
+    }
 }
 
 #[test]

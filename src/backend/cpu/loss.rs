@@ -56,6 +56,9 @@ pub struct LossConfig {
     /// Weight of the entropy bonus (`l -= entropy_coef * H`), applied by the fused
     /// LM-head op (`token_loss_backward`), which holds the whole distribution.
     pub entropy_coef: f64,
+    /// Supervised fine-tuning: the token loss is the cross-entropy `l = -logp`
+    /// (`dl/dlogp = -1`), never clipped; the policy terms (ratio, clips, KL) are off.
+    pub cross_entropy: bool,
 }
 
 impl Default for LossConfig {
@@ -67,6 +70,18 @@ impl Default for LossConfig {
             kl: KlType::K3,
             beta: 0.0,
             entropy_coef: 0.0,
+            cross_entropy: false,
+        }
+    }
+}
+
+impl LossConfig {
+    /// The cross-entropy loss of supervised fine-tuning.
+    pub fn cross_entropy() -> Self {
+        LossConfig {
+            cross_entropy: true,
+            clip_c: None,
+            ..LossConfig::default()
         }
     }
 }
@@ -226,7 +241,11 @@ pub fn token_loss_row<T: Real>(
     let mean_z: T = logits.iter().map(|&z| (z - lse).exp() * z).sum();
     let entropy = lse - mean_z;
     let logp = logits[target] - lse;
-    let (l, g, clipped) = ppo_token_loss(logp, old_logp, adv, ref_logp, cfg);
+    let (l, g, clipped) = if cfg.cross_entropy {
+        (-logp, -T::one(), false)
+    } else {
+        ppo_token_loss(logp, old_logp, adv, ref_logp, cfg)
+    };
     let ec: T = c(cfg.entropy_coef);
     for (j, (d, &z)) in dlogits.iter_mut().zip(logits).enumerate() {
         let p = (z - lse).exp();

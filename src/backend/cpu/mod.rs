@@ -476,6 +476,44 @@ impl<T: Real> Backend for CpuBackend<T> {
         Ok(())
     }
 
+    /// Each row's tokens summed first, in token order, then added to the row (the
+    /// order the CUDA kernel uses, so both give the same f32 sums).
+    fn embedding_grad(
+        &self,
+        dtable: &mut Vec<T>,
+        dx: &Vec<T>,
+        ids: &Vec<u32>,
+        tokens: usize,
+        dim: usize,
+    ) -> Result<()> {
+        assert_eq!(dx.len(), tokens * dim, "embedding_grad: dx");
+        assert_eq!(ids.len(), tokens, "embedding_grad: ids");
+        let rows = dtable.len() / dim.max(1);
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
+            return Err(crate::Error::invalid(format!(
+                "embedding_grad: id {bad} outside a table of {rows} rows"
+            )));
+        }
+        let mut by_id: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (t, &i) in ids.iter().enumerate() {
+            by_id.entry(i).or_default().push(t);
+        }
+        let mut sum = vec![T::zero(); dim];
+        for (i, toks) in by_id {
+            sum.iter_mut().for_each(|s| *s = T::zero());
+            for t in toks {
+                for (s, &g) in sum.iter_mut().zip(&dx[t * dim..(t + 1) * dim]) {
+                    *s = *s + g;
+                }
+            }
+            let row = &mut dtable[i as usize * dim..(i as usize + 1) * dim];
+            for (d, &s) in row.iter_mut().zip(&sum) {
+                *d = *d + s;
+            }
+        }
+        Ok(())
+    }
+
     fn scatter_rows(
         &self,
         dst: &mut Vec<T>,

@@ -843,6 +843,17 @@ impl Backend for CudaBackend {
         super::train_ops::scatter_rows(self, dst, src, rows_idx, rows, dim)
     }
 
+    fn embedding_grad(
+        &self,
+        dtable: &mut CudaBuf,
+        dx: &CudaBuf,
+        ids: &CudaIdx,
+        tokens: usize,
+        dim: usize,
+    ) -> Result<()> {
+        super::train_ops::embedding_grad(self, dtable, dx, ids, tokens, dim)
+    }
+
     fn token_loss_backward(
         &self,
         dlogits: &mut CudaBuf,

@@ -441,6 +441,64 @@ pub fn scatter_rows(
     )
 }
 
+/// embedding_grad_{bf16,f32} (by dx's dtype): the tokens sorted by id on the host
+/// (stably), one block per unique id (grid-stride), 128 threads over the columns.
+pub fn embedding_grad(
+    be: &CudaBackend,
+    dtable: &mut CudaBuf,
+    dx: &CudaBuf,
+    ids: &CudaIdx,
+    tokens: usize,
+    dim: usize,
+) -> Result<()> {
+    check_len(dx, tokens * dim, "embedding_grad dx")?;
+    check_idx(ids, tokens, "embedding_grad ids")?;
+    if tokens == 0 || dim == 0 {
+        return Ok(());
+    }
+    let rows = dtable.len() / dim;
+    if let Some(&bad) = ids.host.iter().find(|&&i| i as usize >= rows) {
+        return Err(Error::invalid(format!(
+            "embedding_grad: id {bad} outside a table of {rows} rows"
+        )));
+    }
+    let mut order: Vec<u32> = (0..tokens as u32).collect();
+    order.sort_by_key(|&t| ids.host[t as usize]); // stable: token order within an id
+    let (mut uniq, mut starts) = (Vec::new(), Vec::new());
+    for (k, &t) in order.iter().enumerate() {
+        let id = ids.host[t as usize];
+        if uniq.last() != Some(&id) {
+            uniq.push(id);
+            starts.push(k as u32);
+        }
+    }
+    starts.push(tokens as u32);
+    let (order_i, uniq_i, starts_i) = (
+        crate::backend::Backend::upload_idx(be, &order)?,
+        crate::backend::Backend::upload_idx(be, &uniq)?,
+        crate::backend::Backend::upload_idx(be, &starts)?,
+    );
+    let kernel = match dx.dtype() {
+        DType::Bf16 => "embedding_grad_bf16",
+        DType::F32 => "embedding_grad_f32",
+    };
+    let args = [
+        ptr(dtable.expect(DType::F32, "embedding_grad dtable")?),
+        ptr(dx.ptr()),
+        ptr(order_i.buf.ptr()),
+        ptr(uniq_i.buf.ptr()),
+        ptr(starts_i.buf.ptr()),
+        int(uniq.len(), "unique ids")?,
+        int(dim, "dim")?,
+    ];
+    launch(
+        &**be.device(),
+        kernel,
+        Launch::new([row_blocks(uniq.len(), 65535), 1, 1], 128),
+        &args,
+    )
+}
+
 /// Threads of token_loss_backward_* for a vocabulary: about 16 elements per thread
 /// up to LOSS_THREADS (512, kernels/loss.cu) for real vocabularies, at least 64.
 fn loss_threads(vocab: usize) -> u32 {
@@ -509,6 +567,7 @@ pub fn token_loss_backward(
         KernelArg::I32(kl_type),
         KernelArg::F32(cfg.beta as f32),
         KernelArg::F32(cfg.entropy_coef as f32),
+        KernelArg::I32(cfg.cross_entropy as i32),
     ];
     launch(
         &**be.device(),

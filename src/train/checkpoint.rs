@@ -112,3 +112,37 @@ pub fn load<B: Backend>(ckpt: &Path, trainer: &mut Trainer<B>) -> Result<Meta> {
         .map_err(|e| Error::file(&path, e))?;
     Ok(meta)
 }
+
+/// (step, value) points of a chart.
+pub type Curve = Vec<(usize, f64)>;
+
+/// The two curves (`keys`: the training and the held-out metric) already in a run's
+/// `metrics.jsonl` up to step `upto`, for a resumed run; lines after it (and the
+/// step-0 line when starting over) are dropped from the file.
+pub fn truncate_metrics(path: &Path, upto: usize, keys: (&str, &str)) -> Result<(Curve, Curve)> {
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    if !path.exists() {
+        return Ok((train, eval));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let mut kept = String::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let step = v["step"].as_u64().unwrap_or(0) as usize;
+        if step > upto || (step == 0 && upto == 0) {
+            continue;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+        if let Some(r) = v[keys.0].as_f64() {
+            train.push((step, r));
+        }
+        if let Some(a) = v[keys.1].as_f64() {
+            eval.push((step, a));
+        }
+    }
+    std::fs::write(path, kept).map_err(|e| Error::file(path, e))?;
+    Ok((train, eval))
+}

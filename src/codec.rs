@@ -1,4 +1,4 @@
-//! Text to token ids and back for the RL loop: the model's own tokenizer with its
+//! Text to token ids and back for the RL loop and SFT: the model's own tokenizer with its
 //! chat template (a prompt becomes one user turn plus the generation prompt, as verl
 //! and TRL build it), or the character codec of the built-in tiny demo model.
 
@@ -9,6 +9,8 @@ use crate::{Error, Result};
 pub trait TextCodec: Send + Sync {
     /// The token ids of the prompt the model sees for a task's prompt text.
     fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>>;
+    /// The token ids of plain text (no chat template, no special tokens added).
+    fn text_ids(&self, text: &str) -> Result<Vec<u32>>;
     /// The text of generated ids (special tokens dropped).
     fn decode(&self, ids: &[u32]) -> Result<String>;
     /// Generation stops after any of these.
@@ -46,6 +48,10 @@ impl TextCodec for ChatCodec {
             None => prompt.to_string(),
         };
         self.tokenizer.encode(&text)
+    }
+
+    fn text_ids(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text)
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -134,6 +140,10 @@ impl CharCodec {
 impl TextCodec for CharCodec {
     fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
         self.encode(prompt)
+    }
+
+    fn text_ids(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode(text)
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String> {

@@ -1,0 +1,108 @@
+//! The settings of an SFT run: defaults, then `--config sft.toml`, then flags; the
+//! resolved settings go to `OUT/config.toml`, which `--resume` reads back.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftSettings {
+    pub model: Option<String>,
+    pub device: Option<String>,
+    pub data: Option<PathBuf>,
+    pub eval_data: Option<PathBuf>,
+    pub train_layer: Option<String>,
+    pub steps: Option<usize>,
+    /// Sequences per optimizer step.
+    pub batch_size: Option<usize>,
+    pub lr: Option<f32>,
+    pub weight_decay: Option<f32>,
+    pub grad_clip: Option<f32>,
+    pub optimizer: Option<String>,
+    pub micro_batch_tokens: Option<usize>,
+    /// Longest sequence (prompt + completion) kept; longer ones are cut.
+    pub max_seq_len: Option<usize>,
+    /// completion | all
+    pub loss_on: Option<String>,
+    pub seed: Option<u64>,
+    pub eval_every: Option<usize>,
+    pub save_every: Option<usize>,
+    pub keep_checkpoints: Option<usize>,
+    /// Qwen3 chat prompts with thinking enabled.
+    pub thinking: Option<bool>,
+}
+
+macro_rules! overlay {
+    ($base:ident, $top:ident, $($f:ident),+) => {
+        $( if $top.$f.is_some() { $base.$f = $top.$f.clone(); } )+
+    };
+}
+
+impl SftSettings {
+    pub fn overlay(mut self, top: &SftSettings) -> Self {
+        overlay!(
+            self,
+            top,
+            model,
+            device,
+            data,
+            eval_data,
+            train_layer,
+            steps,
+            batch_size,
+            lr,
+            weight_decay,
+            grad_clip,
+            optimizer,
+            micro_batch_tokens,
+            max_seq_len,
+            loss_on,
+            seed,
+            eval_every,
+            save_every,
+            keep_checkpoints,
+            thinking
+        );
+        self
+    }
+
+    /// The defaults (the built-in demo model's learning rate when no model is given).
+    pub fn defaults(demo: bool) -> Self {
+        SftSettings {
+            device: Some("auto".into()),
+            steps: Some(100),
+            batch_size: Some(32),
+            lr: Some(if demo { 3e-3 } else { 1e-5 }),
+            weight_decay: Some(0.0),
+            grad_clip: Some(1.0),
+            optimizer: Some("adamw".into()),
+            max_seq_len: Some(2048),
+            loss_on: Some("completion".into()),
+            seed: Some(0),
+            eval_every: Some(25),
+            save_every: Some(50),
+            keep_checkpoints: Some(3),
+            thinking: Some(false),
+            ..SftSettings::default()
+        }
+    }
+
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+        toml::from_str(&text).map_err(|e| {
+            Error::file(
+                path,
+                e.to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid TOML")
+                    .trim(),
+            )
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings serialise to TOML")
+    }
+}
