@@ -1,7 +1,8 @@
-//! One SFT step against PyTorch (tests/fixtures/train/qwen3-sft-layer1, made by
+//! One SFT step against PyTorch (tests/fixtures/train/qwen3-sft-*, made by
 //! tools/make_sft_fixture.py): token-mean cross-entropy over the completion tokens,
-//! `F.cross_entropy(..., reduction="mean")` and `loss.backward()` with only decoder
-//! layer 1 trainable. The engine's trainer in cross-entropy mode must give the same
+//! `F.cross_entropy(..., reduction="mean")` and `loss.backward()` with one decoder
+//! layer trainable, and (`--train-embeddings`) the embedding, LM head and final norm
+//! too, on a tied and on an untied model. The engine's trainer in cross-entropy mode must give the same
 //! loss (1e-4 relative, f32 CPU), per-token log-probs (1e-4) and gradient of every
 //! trained tensor (2e-3, the tolerance of the GRPO fixtures); on the CUDA backend
 //! (emulator, GPU when present; bf16 weights and activations) 2e-2 on the loss and,
@@ -63,12 +64,26 @@ fn sft_config() -> TrainConfig {
     }
 }
 
-fn check<B: Backend>(name: &str, be: B, loss_tol: f64, grad_tol: f64) {
-    let dir = fixture("train").join("qwen3-sft-layer1");
+/// The SFT fixture cases: (folder, with the embedding, head and final norm trained).
+const CASES: [&str; 3] = [
+    "qwen3-sft-layer1",
+    "qwen3-sft-embed-layer1",
+    "qwen2-untied-sft-embed-layer0",
+];
+
+fn check<B: Backend>(case_name: &str, name: &str, be: B, loss_tol: f64, grad_tol: f64) {
+    let dir = fixture("train").join(case_name);
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let name = &format!("{case_name} {name}");
     let want = read_f32_tensors(&dir.join("expected.safetensors"));
-    let model = Model::load(&fixture("qwen3-gqa2-tied"), be).unwrap();
-    let layers = TrainLayers::parse("1", model.cfg.num_hidden_layers).unwrap();
+    let model = Model::load(&fixture(case["model"].as_str().unwrap()), be).unwrap();
+    let spec = case["train_layers"].as_str().unwrap();
+    let layers = TrainLayers::parse(spec, model.cfg.num_hidden_layers).unwrap();
     let mut trainer = Trainer::new(model, &layers, sft_config()).unwrap();
+    if case["train_embeddings"].as_bool().unwrap() {
+        trainer = trainer.with_embeddings().unwrap();
+    }
     let (stats, grads) = trainer.loss_and_grads(&examples(&dir)).unwrap();
     let want_loss = want["loss"].1[0] as f64;
     let rel = (stats.loss - want_loss).abs() / want_loss.abs();
@@ -79,8 +94,6 @@ fn check<B: Backend>(name: &str, be: B, loss_tol: f64, grad_tol: f64) {
         stats.loss
     );
     assert!(!grads.is_empty());
-    let case: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     for (gname, g) in &grads {
         let (_, w) = &want[&format!("grad.{gname}")];
         let d = diff(g, w);
@@ -107,13 +120,17 @@ fn check<B: Backend>(name: &str, be: B, loss_tol: f64, grad_tol: f64) {
 
 #[test]
 fn sft_step_matches_pytorch_cross_entropy_on_the_cpu() {
-    check("cpu", CpuBackend::<f32>::new(), 1e-4, 2e-3);
+    for case in CASES {
+        check(case, "cpu", CpuBackend::<f32>::new(), 1e-4, 2e-3);
+    }
 }
 
 #[test]
 fn sft_step_matches_pytorch_cross_entropy_on_the_cuda_backend() {
-    for (name, be) in cuda_backends() {
-        check(&name, be, 2e-2, 3e-2);
+    for case in CASES {
+        for (name, be) in cuda_backends() {
+            check(case, &name, be, 2e-2, 3e-2);
+        }
     }
 }
 
@@ -208,5 +225,29 @@ fn engine_sft_loss_falls_and_resumes() {
     let m = lines(&out);
     assert_eq!(m.last().unwrap()["step"], 30);
     assert_eq!(m.iter().filter(|l| l["step"] == 20).count(), 1);
+    // --train-embeddings: every layer plus the embedding (tied head) and final norm
+    // are trained and saved.
+    let out2 = dir.join("out2");
+    let mut args = vec![
+        "sft",
+        "--steps",
+        "3",
+        "--train-layer",
+        "all",
+        "--train-embeddings",
+        "--out",
+        out2.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&common[..4]);
+    common::engine_ok(&args);
+    let files =
+        onelayer::weights::WeightFiles::open_files(&[out2.join("trained.safetensors")]).unwrap();
+    for name in [
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "model.layers.0.mlp.up_proj.weight",
+    ] {
+        assert!(files.contains(name), "{name} not saved");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

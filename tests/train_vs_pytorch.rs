@@ -83,7 +83,11 @@ const LOSS_CASES: [&str; 10] = [
 const SGD_CASE: &str = "qwen3-sgd-layer1";
 const ADAMW_CASE: &str = "qwen3-adamw2-layer1";
 /// Checked by tests/sft_vs_pytorch.rs (tools/make_sft_fixture.py).
-const SFT_CASE: &str = "qwen3-sft-layer1";
+const SFT_CASES: [&str; 3] = [
+    "qwen3-sft-layer1",
+    "qwen3-sft-embed-layer1",
+    "qwen2-untied-sft-embed-layer0",
+];
 
 // ---------------------------------------------------------------------------
 // Cases
@@ -437,7 +441,8 @@ fn every_fixture_case_is_tested() {
     on_disk.sort();
     let mut tested: Vec<String> = LOSS_CASES
         .iter()
-        .chain([&SGD_CASE, &ADAMW_CASE, &SFT_CASE])
+        .chain([&SGD_CASE, &ADAMW_CASE])
+        .chain(SFT_CASES.iter())
         .map(|s| s.to_string())
         .collect();
     tested.sort();

@@ -377,6 +377,18 @@ pub fn apply_trained<B: Backend>(model: &mut Model<B>, path: &Path) -> Result<Ve
             layers.push(l);
         }
     }
+    // The embedding, head and final norm of an SFT run with --train-embeddings.
+    let (h, v) = (model.cfg.hidden_size, model.cfg.vocab_size);
+    let w = &mut model.weights;
+    for (name, shape, dst) in [
+        ("model.embed_tokens.weight", vec![v, h], Some(&mut w.embed)),
+        ("lm_head.weight", vec![v, h], w.lm_head.as_mut()),
+        ("model.norm.weight", vec![h], Some(&mut w.norm)),
+    ] {
+        if let (true, Some(dst)) = (files.contains(name), dst) {
+            *dst = model.backend.upload(&files.get_f32(name, &shape)?)?;
+        }
+    }
     if layers.is_empty() {
         return Err(Error::file(
             path,

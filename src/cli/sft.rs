@@ -72,6 +72,10 @@ pub struct Args {
     /// Qwen3 chat prompts with thinking on.
     #[arg(long)]
     pub thinking: bool,
+    /// Also train the embedding, the LM head and the final norm (to pretrain from
+    /// scratch; off by default, as in the paper).
+    #[arg(long)]
+    pub train_embeddings: bool,
 }
 
 impl Args {
@@ -96,6 +100,7 @@ impl Args {
             save_every: self.save_every,
             keep_checkpoints: self.keep_checkpoints,
             thinking: self.thinking.then_some(true),
+            train_embeddings: self.train_embeddings.then_some(true),
         }
     }
 }

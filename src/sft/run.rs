@@ -3,7 +3,9 @@
 //! trained layers on their token-mean cross-entropy (micro-batched by
 //! `micro_batch_tokens`); held-out loss every `eval_every` steps (and before the
 //! first); checkpoints every `save_every` and at the end. A resumed run continues
-//! exactly as the uninterrupted one (same examples, same state).
+//! exactly as the uninterrupted one (same examples, same state). With
+//! `train_embeddings` the embedding, LM head and final norm train too
+//! (`Trainer::with_embeddings`), and trained.safetensors holds them.
 
 use super::data::{self, Example, LossOn};
 use super::settings::SftSettings;
@@ -119,6 +121,9 @@ pub fn run_sft<B: Backend>(
         .max()
         .unwrap_or(1);
     let mut trainer = Trainer::new(model, &layers, train_config(s, longest)?)?;
+    if s.train_embeddings == Some(true) {
+        trainer = trainer.with_embeddings()?;
+    }
 
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     let cfg_path = out.join("config.toml");

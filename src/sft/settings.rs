@@ -31,6 +31,8 @@ pub struct SftSettings {
     pub keep_checkpoints: Option<usize>,
     /// Qwen3 chat prompts with thinking enabled.
     pub thinking: Option<bool>,
+    /// Also train the embedding, the LM head and the final norm (pretraining).
+    pub train_embeddings: Option<bool>,
 }
 
 macro_rules! overlay {
@@ -62,7 +64,8 @@ impl SftSettings {
             eval_every,
             save_every,
             keep_checkpoints,
-            thinking
+            thinking,
+            train_embeddings
         );
         self
     }
@@ -84,6 +87,7 @@ impl SftSettings {
             save_every: Some(50),
             keep_checkpoints: Some(3),
             thinking: Some(false),
+            train_embeddings: Some(false),
             ..SftSettings::default()
         }
     }

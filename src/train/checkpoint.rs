@@ -16,6 +16,9 @@ pub struct Meta {
     pub step: usize,
     pub updates: u64,
     pub train_layers: Vec<usize>,
+    /// The embedding, head and final norm were trained too (SFT `--train-embeddings`).
+    #[serde(default)]
+    pub train_embeddings: bool,
 }
 
 pub fn dir(out: &Path) -> PathBuf {
@@ -42,6 +45,7 @@ pub fn save<B: Backend>(
         step,
         updates: trainer.updates(),
         train_layers: trainer.trained().iter().map(|t| t.layer).collect(),
+        train_embeddings: !trainer.edges().is_empty(),
     };
     let meta_path = tmp.join("meta.json");
     std::fs::write(
@@ -89,6 +93,16 @@ pub fn load<B: Backend>(ckpt: &Path, trainer: &mut Trainer<B>) -> Result<Meta> {
     let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::file(&meta_path, e))?;
     let meta: Meta = serde_json::from_str(&text).map_err(|e| Error::file(&meta_path, e))?;
     let layers: Vec<usize> = trainer.trained().iter().map(|t| t.layer).collect();
+    let embeddings = !trainer.edges().is_empty();
+    if meta.train_embeddings != embeddings {
+        return Err(Error::file(
+            &meta_path,
+            format!(
+                "train_embeddings is {} here but {embeddings} in this run",
+                meta.train_embeddings
+            ),
+        ));
+    }
     if meta.train_layers != layers {
         return Err(Error::file(
             &meta_path,

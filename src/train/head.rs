@@ -63,9 +63,19 @@ pub fn row_logprobs<B: Backend>(
     Ok(out)
 }
 
+/// Gradient accumulators (f32) of a trained LM head `[vocab, hidden]` and final norm
+/// `[hidden]`.
+pub struct HeadGrads<'a, B: Backend> {
+    pub head: &'a mut B::Buf,
+    pub norm: &'a mut B::Buf,
+}
+
 /// The loss of the mini-batch and its gradient w.r.t. `x` (the residual stream after
 /// the last layer). `old_logp` has one value per loss row. Returns `dx` and the
-/// per-row stats `[rows, stat::STATS]`. `norm`: see [`tempered_norm`].
+/// per-row stats `[rows, stat::STATS]`. `norm`: see [`tempered_norm`]. With `grads`,
+/// also accumulates the head's weight gradient (`dlogitsᵀ · h` per chunk) and the
+/// final norm's.
+#[allow(clippy::too_many_arguments)]
 pub fn loss_backward<B: Backend>(
     model: &Model<B>,
     norm: Option<&B::Buf>,
@@ -73,6 +83,7 @@ pub fn loss_backward<B: Backend>(
     p: &Packed,
     old_logp: &[f32],
     cfg: &LossConfig,
+    mut grads: Option<HeadGrads<'_, B>>,
 ) -> Result<(B::Buf, Vec<f64>)> {
     let be = &model.backend;
     let (h, v) = (model.cfg.hidden_size, model.cfg.vocab_size);
@@ -121,6 +132,9 @@ pub fn loss_backward<B: Backend>(
         be.token_loss_backward(&mut dlogits, &mut st, &logits, &loss_rows, n, v, cfg)?;
         drop(logits);
         stats.extend(be.download_f64(&st)?);
+        if let Some(g) = grads.as_mut() {
+            be.linear_backward_weight(g.head, None, &dlogits, &hc, n, v, h)?;
+        }
         let mut dh = be.empty(n * h)?;
         be.linear_backward_input(&mut dh, &dlogits, model.weights.head(), n, v, h, false)?;
         be.scatter_rows(&mut dnormed, &dh, &rows, n, h)?;
@@ -128,7 +142,7 @@ pub fn loss_backward<B: Backend>(
     let mut dx = be.empty(t * h)?;
     be.rmsnorm_backward(
         &mut dx,
-        None,
+        grads.map(|g| g.norm),
         &dnormed,
         x,
         norm,

@@ -11,6 +11,14 @@
 //! `lo`, recomputing each layer from its saved input; frozen layers above `lo` get
 //! input gradients only. Nothing is backpropagated below `lo`.
 //!
+//! With `train_embeddings` (SFT's `--train-embeddings`, to pretrain from scratch) the
+//! embedding table, the LM head (when untied) and the final norm are trained too:
+//! each gets a master copy, a gradient and optimizer state, the window reaches down
+//! to layer 0 (every layer below the lowest trained one passes input gradients),
+//! the embedding's gradient is `embedding_grad` of the gradient entering layer 0,
+//! the head's `linear_backward_weight` of each logits chunk (into the embedding's
+//! gradient when tied), the norm's `rmsnorm_backward`'s weight gradient.
+//!
 //! Each trained layer's optimizer step uses `lr * lr_scale` (its multiplier from
 //! `TrainLayers`, 1 unless `--lr-by-contribution`); with every multiplier 1 the
 //! arithmetic is exactly that of a single learning rate.
@@ -37,6 +45,34 @@ pub struct TrainedLayer<B: Backend> {
     pub adam: Option<(LayerWeights<B>, LayerWeights<B>)>,
     /// Multiplier of the optimizer's learning rate for this layer.
     pub lr_scale: f32,
+}
+
+/// Which model tensor an edge tensor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edge {
+    Embed,
+    Head,
+    Norm,
+}
+
+impl Edge {
+    /// Its HF name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Edge::Embed => "model.embed_tokens.weight",
+            Edge::Head => "lm_head.weight",
+            Edge::Norm => "model.norm.weight",
+        }
+    }
+}
+
+/// Training state of the embedding, the untied LM head or the final norm.
+pub struct TrainedEdge<B: Backend> {
+    pub edge: Edge,
+    pub shape: Vec<usize>,
+    pub master: B::Buf,
+    pub grad: B::Buf,
+    pub adam: Option<(B::Buf, B::Buf)>,
 }
 
 /// What a step (or one gradient computation) measured. Means are over the loss
@@ -84,6 +120,8 @@ pub struct Trainer<B: Backend> {
     head_norm: Option<B::Buf>,
     layers: Vec<usize>,
     trained: Vec<TrainedLayer<B>>,
+    /// The embedding, untied head and final norm, when trained (empty otherwise).
+    edges: Vec<TrainedEdge<B>>,
     cfg: TrainConfig,
     /// Optimizer updates done (AdamW's t).
     updates: u64,
@@ -135,9 +173,54 @@ impl<B: Backend> Trainer<B> {
             head_norm: None,
             layers,
             trained,
+            edges: Vec::new(),
             cfg,
             updates: 0,
         })
+    }
+
+    /// Also train the embedding, the LM head (when untied) and the final norm; the
+    /// window then reaches down to layer 0. Their master copies are the device
+    /// weights read back in f32 (exact for f32 and bf16 checkpoints on the CPU).
+    pub fn with_embeddings(mut self) -> Result<Self> {
+        if self.head_norm.is_some() {
+            return Err(Error::invalid(
+                "training the embeddings needs the untempered head (temperature 1)",
+            ));
+        }
+        let (h, v) = (self.model.cfg.hidden_size, self.model.cfg.vocab_size);
+        let be = &self.model.backend;
+        let w = &self.model.weights;
+        let mut edges = vec![(Edge::Embed, vec![v, h], &w.embed)];
+        if let Some(head) = &w.lm_head {
+            edges.push((Edge::Head, vec![v, h], head));
+        }
+        edges.push((Edge::Norm, vec![h], &w.norm));
+        let _state = purpose(Purpose::TrainedState);
+        let adamw = matches!(self.cfg.optimizer, Optimizer::AdamW(_));
+        self.edges = edges
+            .into_iter()
+            .map(|(edge, shape, buf)| {
+                let n = be.len(buf);
+                Ok(TrainedEdge {
+                    edge,
+                    shape,
+                    master: be.upload_f32(&be.download(buf)?)?,
+                    grad: be.zeros_f32(n)?,
+                    adam: if adamw {
+                        Some((be.zeros_f32(n)?, be.zeros_f32(n)?))
+                    } else {
+                        None
+                    },
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(self)
+    }
+
+    /// The trained embedding, head and norm (empty unless `with_embeddings`).
+    pub fn edges(&self) -> &[TrainedEdge<B>] {
+        &self.edges
     }
 
     pub fn model(&self) -> &Model<B> {
@@ -153,6 +236,11 @@ impl<B: Backend> Trainer<B> {
             )));
         }
         let t = if temperature == 0.0 { 1.0 } else { temperature };
+        if t != 1.0 && !self.edges.is_empty() {
+            return Err(Error::invalid(
+                "--temperature: a run that trains the embeddings samples at temperature 1",
+            ));
+        }
         self.head_norm = super::head::tempered_norm(&self.model, t)?;
         Ok(())
     }
@@ -175,8 +263,14 @@ impl<B: Backend> Trainer<B> {
         self.updates
     }
 
+    /// The bottom of the window: the lowest trained layer, or 0 when the embedding
+    /// is trained.
     fn lo(&self) -> usize {
-        self.layers[0]
+        if self.edges.is_empty() {
+            self.layers[0]
+        } else {
+            0
+        }
     }
 
     /// One RL step on `rollouts`: `ppo_epochs` passes of `mini_batch`-record updates.
@@ -235,6 +329,9 @@ impl<B: Backend> Trainer<B> {
                 grads.push((format!("model.layers.{}.{name}", tl.layer), be.download(g)?));
             }
         }
+        for e in &self.edges {
+            grads.push((e.edge.name().to_string(), be.download(&e.grad)?));
+        }
         Ok((total, grads))
     }
 
@@ -247,6 +344,13 @@ impl<B: Backend> Trainer<B> {
             for (spec, (_, buf)) in specs.into_iter().zip(tl.master.tensors()) {
                 out.push((spec.name, spec.shape, be.download(buf)?));
             }
+        }
+        for e in &self.edges {
+            out.push((
+                e.edge.name().to_string(),
+                e.shape.clone(),
+                be.download(&e.master)?,
+            ));
         }
         Ok(out)
     }
@@ -272,6 +376,17 @@ impl<B: Backend> Trainer<B> {
                         format!("optimizer.v.{}", spec.name),
                         spec.shape.clone(),
                         be.download(vb)?,
+                    ));
+                }
+            }
+        }
+        for e in &self.edges {
+            if let Some((m, v)) = &e.adam {
+                for (kind, b) in [("m", m), ("v", v)] {
+                    out.push((
+                        format!("optimizer.{kind}.{}", e.edge.name()),
+                        e.shape.clone(),
+                        be.download(b)?,
                     ));
                 }
             }
@@ -315,6 +430,20 @@ impl<B: Backend> Trainer<B> {
                     *vb =
                         be.upload_f32(get(&format!("optimizer.v.{}", spec.name), &spec.shape)?)?;
                 }
+            }
+        }
+        for e in &mut self.edges {
+            e.master = be.upload_f32(get(e.edge.name(), &e.shape)?)?;
+            let w = &mut self.model.weights;
+            let copy = match e.edge {
+                Edge::Embed => &mut w.embed,
+                Edge::Head => w.lm_head.as_mut().expect("an untied head"),
+                Edge::Norm => &mut w.norm,
+            };
+            be.copy_convert(copy, &e.master)?;
+            if let Some((m, v)) = &mut e.adam {
+                *m = be.upload_f32(get(&format!("optimizer.m.{}", e.edge.name()), &e.shape)?)?;
+                *v = be.upload_f32(get(&format!("optimizer.v.{}", e.edge.name()), &e.shape)?)?;
             }
         }
         self.updates = updates;
@@ -448,6 +577,9 @@ impl<B: Backend> Trainer<B> {
                     be.fill_zero(g)?;
                 }
             }
+            for e in &mut self.edges {
+                be.fill_zero(&mut e.grad)?;
+            }
         }
         let mut loss = 0.0;
         let mut stats = Vec::with_capacity(mb.pack.rows.len() * stat::STATS);
@@ -476,7 +608,8 @@ impl<B: Backend> Trainer<B> {
                 &recomputed
             }
         };
-        let (lo, n) = (self.layers[0], model.cfg.num_hidden_layers);
+        let (lo, n) = (self.lo(), model.cfg.num_hidden_layers);
+        let embeddings = !self.edges.is_empty();
         // Forward through the window and the suffix, keeping each layer's output
         // (= the next layer's input) only.
         let mut outs: Vec<B::Buf> = Vec::with_capacity(n - lo);
@@ -486,6 +619,7 @@ impl<B: Backend> Trainer<B> {
             outs.push(y);
         }
         let top = outs.pop().expect("at least one layer in the window");
+        let head_grads = head_grads(&mut self.edges);
         let (mut dx, stats) = super::head::loss_backward(
             model,
             self.head_norm.as_ref(),
@@ -493,6 +627,7 @@ impl<B: Backend> Trainer<B> {
             &m.pack,
             old_logp,
             &self.cfg.loss,
+            head_grads,
         )?;
         drop(top);
         let ec = self.cfg.loss.entropy_coef;
@@ -509,13 +644,28 @@ impl<B: Backend> Trainer<B> {
                 .iter_mut()
                 .find(|t| t.layer == l)
                 .map(|t| &mut t.grads);
-            match layer::backward(model, l, input, &acts, &dx, grads, &idx, l > lo)? {
+            match layer::backward(
+                model,
+                l,
+                input,
+                &acts,
+                &dx,
+                grads,
+                &idx,
+                l > lo || embeddings,
+            )? {
                 Some(d) => dx = d,
                 None => break,
             }
             if l > lo {
                 outs.pop();
             }
+        }
+        if let Some(e) = self.edges.iter_mut().find(|e| e.edge == Edge::Embed) {
+            // dx is now the gradient of the embedding's output (the window starts at 0).
+            let ids = be.upload_idx(&m.pack.ids)?;
+            let h = model.cfg.hidden_size;
+            be.embedding_grad(&mut e.grad, &dx, &ids, m.pack.tokens(), h)?;
         }
         Ok((loss, stats))
     }
@@ -528,6 +678,9 @@ impl<B: Backend> Trainer<B> {
             for (_, g) in tl.grads.tensors() {
                 sum += be.sum_squares(g)?;
             }
+        }
+        for e in &self.edges {
+            sum += be.sum_squares(&e.grad)?;
         }
         Ok(sum.sqrt())
     }
@@ -570,8 +723,62 @@ impl<B: Backend> Trainer<B> {
                 }
             }
         }
+        for e in &mut self.edges {
+            let w = &mut self.model.weights;
+            let copy = match e.edge {
+                Edge::Embed => &mut w.embed,
+                Edge::Head => w.lm_head.as_mut().expect("an untied head"),
+                Edge::Norm => &mut w.norm,
+            };
+            match (&self.cfg.optimizer, &mut e.adam) {
+                (Optimizer::AdamW(opt), Some((m, v))) => be.adamw_step(
+                    &mut e.master,
+                    m,
+                    v,
+                    Some(copy),
+                    &e.grad,
+                    opt,
+                    self.updates,
+                    scale,
+                )?,
+                (Optimizer::Sgd { lr, weight_decay }, _) => be.sgd_step(
+                    &mut e.master,
+                    Some(copy),
+                    &e.grad,
+                    *lr,
+                    *weight_decay,
+                    scale,
+                )?,
+                (Optimizer::AdamW(_), None) => {
+                    return Err(Error::invalid("AdamW state missing (optimizer changed?)"))
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// The LM head's and the final norm's gradient accumulators, when they are trained
+/// (a tied head's gradient goes into the embedding's).
+fn head_grads<B: Backend>(edges: &mut [TrainedEdge<B>]) -> Option<super::head::HeadGrads<'_, B>> {
+    if edges.is_empty() {
+        return None;
+    }
+    let tied = !edges.iter().any(|e| e.edge == Edge::Head);
+    let mut head = None;
+    let mut norm = None;
+    for e in edges.iter_mut() {
+        match e.edge {
+            Edge::Head => head = Some(&mut e.grad),
+            Edge::Embed if tied => head = Some(&mut e.grad),
+            Edge::Norm => norm = Some(&mut e.grad),
+            Edge::Embed => {}
+        }
+    }
+    Some(super::head::HeadGrads {
+        head: head.expect("an embedding or a head"),
+        norm: norm.expect("the final norm"),
+    })
 }
 
 /// Sums over loss rows for the step's means.
