@@ -35,6 +35,9 @@ pub struct Args {
     /// Turns per episode of a multi-turn environment (default: the run's, else 4).
     #[arg(long)]
     pub max_turns: Option<usize>,
+    /// Time limit in seconds of each reply of --env (default: the run's, else 60).
+    #[arg(long, value_name = "SECONDS")]
+    pub env_timeout: Option<f64>,
     /// The problems (JSONL); arith generates its held-out set.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -75,6 +78,7 @@ pub fn run(a: Args) -> Result<()> {
         task: a.task.clone(),
         env: a.env.clone(),
         max_turns: a.max_turns,
+        env_timeout: a.env_timeout,
         max_new_tokens: a.max_new_tokens,
         ..RunSettings::default()
     };

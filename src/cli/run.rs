@@ -146,6 +146,10 @@ pub struct Args {
     /// Turns per episode of a multi-turn environment.
     #[arg(long)]
     pub max_turns: Option<usize>,
+    /// Time limit in seconds of each reply of an --env environment (default 60);
+    /// a failing environment is restarted once per step (examples/envs/README.md).
+    #[arg(long, value_name = "SECONDS")]
+    pub env_timeout: Option<f64>,
     /// GiGPO weight w of the step-level advantage.
     #[arg(long)]
     pub gigpo_step_weight: Option<f64>,
@@ -209,6 +213,7 @@ impl Args {
             arith_ops: self.arith_ops.clone(),
             env: self.env.clone(),
             max_turns: self.max_turns,
+            env_timeout: self.env_timeout,
             gigpo_step_weight: self.gigpo_step_weight,
             gamma: self.gamma,
             gigpo_mode: self.gigpo_mode.clone(),

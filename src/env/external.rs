@@ -26,11 +26,10 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-/// How long a reply may take before the run stops with an error.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(600);
-
 pub struct ExternalEnv {
     command: String,
+    /// How long a reply may take before the run stops with an error.
+    timeout: Duration,
     child: Child,
     stdin: Option<ChildStdin>,
     replies: Receiver<std::io::Result<String>>,
@@ -51,8 +50,8 @@ struct Reply {
 }
 
 impl ExternalEnv {
-    /// Start `command` (run by `sh -c`).
-    pub fn spawn(command: &str) -> Result<Self> {
+    /// Start `command` (run by `sh -c`); each reply must come within `timeout`.
+    pub fn spawn(command: &str, timeout: Duration) -> Result<Self> {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(command)
@@ -72,6 +71,7 @@ impl ExternalEnv {
         });
         Ok(ExternalEnv {
             command: command.to_string(),
+            timeout,
             stdin: child.stdin.take(),
             child,
             replies,
@@ -109,11 +109,14 @@ impl ExternalEnv {
         // that explains the exit) on stdout: read before reporting the write.
         let sent = self.send(&request);
         let op = request["op"].as_str().unwrap_or("?").to_string();
-        let line = match self.replies.recv_timeout(REPLY_TIMEOUT) {
+        let line = match self.replies.recv_timeout(self.timeout) {
             Ok(Ok(line)) => line,
             Ok(Err(e)) => return Err(self.fail(format!("reading its reply to {op}: {e}"))),
             Err(RecvTimeoutError::Timeout) => {
-                return Err(self.fail(format!("no reply to {op} in {} s", REPLY_TIMEOUT.as_secs())))
+                return Err(self.fail(format!(
+                    "no reply to {op} in {} s",
+                    self.timeout.as_secs_f64()
+                )))
             }
             Err(RecvTimeoutError::Disconnected) => {
                 sent?;

@@ -11,6 +11,11 @@ pub mod external;
 pub mod guess;
 
 use crate::Result;
+use std::time::Duration;
+
+/// The default time limit of one request to an external environment
+/// (`--env-timeout`, in seconds).
+pub const DEFAULT_TIMEOUT_SECS: f64 = 60.0;
 
 /// What the model sees after a reset or an action.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,12 +62,28 @@ pub fn is_env_task(task: Option<&str>, env: Option<&str>) -> bool {
     env.is_some() || task.is_some_and(|t| BUILTIN.contains(&t))
 }
 
-/// Open the environment of a run: the external command when given, else the
-/// built-in one named by `task`. `terse`: the built-in environments speak the
-/// demo model's character alphabet.
-pub fn open(task: Option<&str>, env: Option<&str>, terse: bool) -> Result<Box<dyn Environment>> {
+/// `--env-timeout` in seconds as a time limit: a positive, finite number.
+pub fn timeout(secs: Option<f64>) -> Result<Duration> {
+    let secs = secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if secs > 0.0 && !d.is_zero() => Ok(d),
+        _ => Err(crate::Error::invalid(format!(
+            "--env-timeout {secs}: expected a positive number of seconds"
+        ))),
+    }
+}
+
+/// Open the environment of a run: the external command when given (each request
+/// limited to `timeout`), else the built-in one named by `task`. `terse`: the
+/// built-in environments speak the demo model's character alphabet.
+pub fn open(
+    task: Option<&str>,
+    env: Option<&str>,
+    terse: bool,
+    timeout: Duration,
+) -> Result<Box<dyn Environment>> {
     match (env, task) {
-        (Some(cmd), _) => Ok(Box::new(external::ExternalEnv::spawn(cmd)?)),
+        (Some(cmd), _) => Ok(Box::new(external::ExternalEnv::spawn(cmd, timeout)?)),
         (None, Some("guess")) => Ok(Box::new(guess::GuessEnv::new(terse))),
         (None, t) => Err(crate::Error::invalid(format!(
             "--task {}: not a multi-turn environment (built in: {})",

@@ -66,6 +66,8 @@ pub struct RunSettings {
     pub env: Option<String>,
     /// Turns per episode of a multi-turn environment.
     pub max_turns: Option<usize>,
+    /// Time limit in seconds of each reply of an external environment.
+    pub env_timeout: Option<f64>,
     /// GiGPO: `A = A_episode + w * A_step`, this is w.
     pub gigpo_step_weight: Option<f64>,
     /// GiGPO: discount of the step returns.
@@ -138,6 +140,7 @@ impl RunSettings {
             arith_ops,
             env,
             max_turns,
+            env_timeout,
             gigpo_step_weight,
             gamma,
             gigpo_mode,
@@ -186,6 +189,7 @@ impl RunSettings {
             arith_digits: Some(1),
             arith_ops: Some(if demo { "-" } else { "+-" }.into()),
             max_turns: Some(4),
+            env_timeout: Some(crate::env::DEFAULT_TIMEOUT_SECS),
             gigpo_step_weight: Some(1.0),
             gamma: Some(0.95),
             gigpo_mode: Some("mean_norm".into()),

@@ -150,8 +150,9 @@ impl Work {
             if max_turns == 0 {
                 return Err(Error::invalid("--max-turns must be at least 1"));
             }
+            let timeout = env::timeout(s.env_timeout)?;
             return Ok(Work::Env {
-                env: env::open(s.task.as_deref(), s.env.as_deref(), terse)?,
+                env: env::open(s.task.as_deref(), s.env.as_deref(), terse, timeout)?,
                 eval_size: s.eval_size.unwrap_or(200),
                 max_turns,
                 gigpo: gigpo_config(s)?,
