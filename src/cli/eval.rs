@@ -150,14 +150,19 @@ impl BackendJob for Job {
 
 /// What `engine eval` prints.
 fn report(task: &str, layers: Option<Vec<usize>>, r: &EvalResult) {
-    print_json(&json!({
+    let mut v = json!({
         "task": task,
         "trained_layers": layers,
         "problems": r.problems,
         "samples": r.samples,
         "accuracy": r.accuracy,
         "pass_at_k": r.pass_at_k,
-    }));
+    });
+    if let Some(d) = r.env_dropped {
+        // Episodes the environment dropped (counted as unsolved).
+        v["env_dropped"] = json!(d);
+    }
+    print_json(&v);
 }
 
 impl Job {

@@ -148,22 +148,22 @@ impl ExternalEnv {
 }
 
 impl Environment for ExternalEnv {
-    fn reset(&mut self, episode: u64, task: u64) -> Result<Observation> {
+    fn reset(&mut self, episode: u64, task: u64) -> Result<Option<Observation>> {
         let mut r = self.call(json!({"op": "reset", "episode": episode, "task": task}))?;
-        self.observation("reset", &mut r)
+        self.observation("reset", &mut r).map(Some)
     }
 
-    fn step(&mut self, episode: u64, action: &str) -> Result<Transition> {
+    fn step(&mut self, episode: u64, action: &str) -> Result<Option<Transition>> {
         let mut r = self.call(json!({"op": "step", "episode": episode, "action": action}))?;
         let reward = r.reward.unwrap_or(0.0);
         if !reward.is_finite() {
             return Err(self.fail(format!("reply to step gave reward {reward}")));
         }
-        Ok(Transition {
+        Ok(Some(Transition {
             observation: self.observation("step", &mut r)?,
             reward,
             done: r.done.unwrap_or(false),
-        })
+        }))
     }
 
     fn end(&mut self, episode: u64) -> Result<()> {

@@ -42,19 +42,20 @@ impl GuessEnv {
 }
 
 impl Environment for GuessEnv {
-    fn reset(&mut self, episode: u64, task: u64) -> Result<Observation> {
+    fn reset(&mut self, episode: u64, task: u64) -> Result<Option<Observation>> {
         self.episodes
             .insert(episode, (Self::secret(task), String::new()));
-        Ok(Observation {
+        Ok(Some(Observation {
             text: self.words(
                 " ",
                 "I am thinking of a whole number from 0 to 9. Guess it: reply with a single digit. After each guess I say whether the number is higher or lower.",
             ),
             anchor: Some(String::new()),
-        })
+        }))
     }
 
-    fn step(&mut self, episode: u64, action: &str) -> Result<Transition> {
+    /// Never drops an episode.
+    fn step(&mut self, episode: u64, action: &str) -> Result<Option<Transition>> {
         let terse = self.terse;
         let (secret, anchor) = self
             .episodes
@@ -92,14 +93,14 @@ impl Environment for GuessEnv {
             ),
         };
         anchor.push_str(&mark);
-        Ok(Transition {
+        Ok(Some(Transition {
             observation: Observation {
                 text: text.to_string(),
                 anchor: Some(anchor.clone()),
             },
             reward,
             done,
-        })
+        }))
     }
 
     fn end(&mut self, episode: u64) -> Result<()> {
@@ -123,13 +124,13 @@ mod tests {
         for task in 0..200u64 {
             let secret = GuessEnv::secret(task);
             seen[secret as usize] = true;
-            let first = env.reset(task, task).unwrap();
+            let first = env.reset(task, task).unwrap().unwrap();
             assert_eq!(first.text, " ");
             let (mut lo, mut hi) = (0u32, 9u32);
             let mut turns = 0;
             loop {
                 let g = (lo + hi) / 2;
-                let t = env.step(task, &g.to_string()).unwrap();
+                let t = env.step(task, &g.to_string()).unwrap().unwrap();
                 turns += 1;
                 if t.done {
                     assert_eq!((t.reward, t.observation.text.as_str()), (1.0, "="));
@@ -155,10 +156,10 @@ mod tests {
         env.reset(1, 7).unwrap();
         env.reset(2, 7).unwrap();
         let wrong = (GuessEnv::secret(7) + 1) % 10;
-        let a = env.step(1, &format!("{wrong}\n")).unwrap();
-        let b = env.step(2, &format!("My guess: {wrong}")).unwrap();
+        let a = env.step(1, &format!("{wrong}\n")).unwrap().unwrap();
+        let b = env.step(2, &format!("My guess: {wrong}")).unwrap().unwrap();
         assert_eq!(a.observation.anchor, b.observation.anchor);
-        let c = env.step(1, "no idea").unwrap();
+        let c = env.step(1, "no idea").unwrap().unwrap();
         assert_eq!((c.reward, c.done), (0.0, false));
         assert!(c.observation.text.contains("single digit"));
         assert_ne!(c.observation.anchor, b.observation.anchor);

@@ -6,6 +6,12 @@
 //! Built in: `guess` (find a secret digit from higher/lower hints, `guess.rs`). Any
 //! other environment plugs in as a child process speaking JSON lines on stdio
 //! (`external.rs`; protocol and an example in examples/envs/).
+//!
+//! Failures: an environment may answer `Ok(None)` to `reset` or `step`, meaning
+//! that episode is dropped (it failed and the environment recovered without it:
+//! the caller plays on without that episode); `Err` is fatal. The external
+//! environment drops an episode on its first failure in a pass (`begin_step`
+//! starts one) and restores the other live episodes; a second failure is fatal.
 
 pub mod external;
 pub mod guess;
@@ -43,12 +49,17 @@ pub struct Transition {
 }
 
 pub trait Environment {
-    /// Start episode `episode` from task `task`; its first observation.
-    fn reset(&mut self, episode: u64, task: u64) -> Result<Observation>;
-    /// Apply the text of an action to episode `episode`.
-    fn step(&mut self, episode: u64, action: &str) -> Result<Transition>;
+    /// Start episode `episode` from task `task`; its first observation, or `None`:
+    /// the episode is dropped (ask nothing more of it, not even `end`).
+    fn reset(&mut self, episode: u64, task: u64) -> Result<Option<Observation>>;
+    /// Apply the text of an action to episode `episode`; `None`: the episode is
+    /// dropped, as for `reset`.
+    fn step(&mut self, episode: u64, action: &str) -> Result<Option<Transition>>;
     /// The episode is over (done, or out of turns): its state may be dropped.
     fn end(&mut self, episode: u64) -> Result<()>;
+    /// A new pass (an RL step's episodes, an evaluation) begins: failures are
+    /// counted from here.
+    fn begin_step(&mut self) {}
     /// A short name for messages and the run's records.
     fn name(&self) -> String;
 }

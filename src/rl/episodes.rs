@@ -9,6 +9,10 @@
 //! DESIGN section 5) or the episode's (GRPO / Dr. GRPO, broadcast over its turns,
 //! as verl-agent does).
 //!
+//! An episode the environment drops (it failed and was restarted without it,
+//! `crate::env`) leaves the step: no rollouts come from it; `Played::dropped`
+//! counts it.
+//!
 //! Reproducibility: turn t's generation uses seed `mix64(seed ^ t)` and the random
 //! stream of the episode's index, so a step's episodes depend only on the seed and
 //! the tasks.
@@ -51,8 +55,17 @@ impl Episode {
     }
 }
 
+/// The episodes of one `play`.
+#[derive(Debug, Clone)]
+pub struct Played {
+    /// The episodes played to the end, in id order.
+    pub episodes: Vec<Episode>,
+    /// Episodes the environment dropped (left out of `episodes`).
+    pub dropped: usize,
+}
+
 /// Play `group_size` episodes of each task. Episode ids are `first_id + i` for the
-/// i-th episode (task-major).
+/// i-th episode (task-major). Starts a pass of the environment (`begin_step`).
 #[allow(clippy::too_many_arguments)]
 pub fn play<B: Backend>(
     model: &Model<B>,
@@ -63,15 +76,23 @@ pub fn play<B: Backend>(
     max_turns: usize,
     params: &GenerateParams,
     first_id: u64,
-) -> Result<Vec<Episode>> {
+) -> Result<Played> {
     let n = tasks.len() * group_size;
     let mut episodes = Vec::with_capacity(n);
     let mut dialogues = Vec::with_capacity(n);
     let mut anchors = Vec::with_capacity(n);
+    let mut dropped = vec![false; n];
+    env.begin_step();
     for i in 0..n {
-        let obs = env.reset(first_id + i as u64, tasks[i / group_size])?;
-        anchors.push(obs.anchor().to_string());
-        dialogues.push(vec![obs.text]);
+        let (anchor, text) = match env.reset(first_id + i as u64, tasks[i / group_size])? {
+            Some(obs) => (obs.anchor().to_string(), obs.text),
+            None => {
+                dropped[i] = true;
+                Default::default()
+            }
+        };
+        anchors.push(anchor);
+        dialogues.push(vec![text]);
         episodes.push(Episode {
             group: i / group_size,
             turns: Vec::new(),
@@ -79,7 +100,9 @@ pub fn play<B: Backend>(
         });
     }
     for t in 0..max_turns {
-        let live: Vec<usize> = (0..n).filter(|&i| !episodes[i].done).collect();
+        let live: Vec<usize> = (0..n)
+            .filter(|&i| !episodes[i].done && !dropped[i])
+            .collect();
         if live.is_empty() {
             break;
         }
@@ -97,7 +120,10 @@ pub fn play<B: Backend>(
         let actions = generate(model, &prompts, &turn_params)?;
         for ((&i, prompt_ids), completion_ids) in live.iter().zip(prompts).zip(actions) {
             let action = codec.decode(&completion_ids)?;
-            let tr = env.step(first_id + i as u64, &action)?;
+            let Some(tr) = env.step(first_id + i as u64, &action)? else {
+                dropped[i] = true;
+                continue;
+            };
             episodes[i].turns.push(Turn {
                 prompt_ids,
                 completion_ids,
@@ -110,10 +136,19 @@ pub fn play<B: Backend>(
             episodes[i].done = tr.done;
         }
     }
-    for i in 0..n {
+    for i in (0..n).filter(|&i| !dropped[i]) {
         env.end(first_id + i as u64)?;
     }
-    Ok(episodes)
+    let kept = episodes
+        .into_iter()
+        .zip(&dropped)
+        .filter(|(_, &d)| !d)
+        .map(|(e, _)| e)
+        .collect();
+    Ok(Played {
+        episodes: kept,
+        dropped: dropped.iter().filter(|&&d| d).count(),
+    })
 }
 
 /// The training samples of `episodes`, one per turn, each carrying its advantage.

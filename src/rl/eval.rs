@@ -20,6 +20,10 @@ pub struct EvalResult {
     pub accuracy: f64,
     /// pass@k for k = samples (when samples > 1).
     pub pass_at_k: Option<f64>,
+    /// Multi-turn environments: evaluation episodes the environment dropped
+    /// (counted as unsolved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env_dropped: Option<usize>,
 }
 
 /// Evaluate `problems` with `samples` completions each, `batch` problems at a time.
@@ -89,5 +93,6 @@ pub fn evaluate<B: Backend>(
         samples,
         accuracy: total / n,
         pass_at_k: (samples > 1).then(|| mean_pass_at_k(&counts, samples)),
+        env_dropped: None,
     })
 }

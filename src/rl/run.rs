@@ -221,16 +221,16 @@ pub fn run_rl<B: Backend>(
             .expect("has_eval");
         progress.suspend(|| {
             eprintln!(
-                "[   0/{steps}] eval {:.3} (the model before training)",
-                r.accuracy
+                "[   0/{steps}] eval {:.3}{} (the model before training)",
+                r.accuracy,
+                dropped_note(r.env_dropped)
             )
         });
-        writeln!(
-            metrics,
-            "{}",
-            json!({"step": 0, "eval_accuracy": r.accuracy})
-        )
-        .map_err(|e| Error::file(&metrics_path, e))?;
+        let mut line = json!({"step": 0, "eval_accuracy": r.accuracy});
+        if let Some(d) = r.env_dropped {
+            line["eval_env_dropped"] = json!(d);
+        }
+        writeln!(metrics, "{line}").map_err(|e| Error::file(&metrics_path, e))?;
         eval_curve.push((0, r.accuracy));
         summary.evals.push((0, r));
     }
@@ -295,11 +295,19 @@ pub fn run_rl<B: Backend>(
             line["turns_mean"] = json!(t);
             line["samples"] = json!(rollouts.len());
         }
+        if let Some(d) = batch.env_dropped {
+            line["env_dropped_episodes"] = json!(d);
+        }
+        let mut eval_dropped = None;
         if work.has_eval() && eval_every > 0 && (step % eval_every == 0 || step == steps) {
             let r = work
                 .evaluate(trainer.model(), codec, max_new, sampling, seed, step)?
                 .expect("has_eval");
             line["eval_accuracy"] = json!(r.accuracy);
+            if let Some(d) = r.env_dropped {
+                line["eval_env_dropped"] = json!(d);
+            }
+            eval_dropped = r.env_dropped;
             eval_curve.push((step, r.accuracy));
             summary.evals.push((step, r));
         }
@@ -319,8 +327,15 @@ pub fn run_rl<B: Backend>(
         .map_err(|e| Error::file(&svg_path, e))?;
         let eval_note = line
             .get("eval_accuracy")
-            .map(|v| format!(" eval {:.3}", v.as_f64().unwrap_or(0.0)))
+            .map(|v| {
+                format!(
+                    " eval {:.3}{}",
+                    v.as_f64().unwrap_or(0.0),
+                    dropped_note(eval_dropped)
+                )
+            })
             .unwrap_or_default();
+        let dropped = dropped_note(batch.env_dropped);
         let (rollout_tps, train_tps) = (
             gen_tokens as f64 / gen_secs.max(1e-9),
             stats.tokens as f64 / train_secs.max(1e-9),
@@ -331,7 +346,7 @@ pub fn run_rl<B: Backend>(
             batch.reward_mean
         ));
         progress.suspend(|| eprintln!(
-            "[{step:>4}/{steps}] reward {:.3} acc {:.3}{eval_note} loss {:+.4} |g| {:.3} clip {:.3} H {:.3} | rollout {rollout_tps:.0} tok/s, train {train_tps:.0} tok/s",
+            "[{step:>4}/{steps}] reward {:.3} acc {:.3}{dropped}{eval_note} loss {:+.4} |g| {:.3} clip {:.3} H {:.3} | rollout {rollout_tps:.0} tok/s, train {train_tps:.0} tok/s",
             batch.reward_mean,
             batch.accuracy,
             stats.loss,
@@ -379,6 +394,14 @@ fn progress_bar(steps: usize, start: usize) -> indicatif::ProgressBar {
     );
     bar.set_position(start as u64);
     bar
+}
+
+/// " (N dropped)" for episodes an environment dropped, nothing when none were.
+fn dropped_note(dropped: Option<usize>) -> String {
+    match dropped {
+        Some(d) if d > 0 => format!(" ({d} dropped)"),
+        _ => String::new(),
+    }
 }
 
 /// JSON has no NaN: non-finite values are written as null.

@@ -57,6 +57,8 @@ pub struct StepBatch {
     /// A custom reward function's extra numbers, averaged over the completions that
     /// gave them (`reward/<key>`), and `reward/none`: the share TRL-style None.
     pub reward_extras: Vec<(String, f64)>,
+    /// Episodes the environment dropped (multi-turn only).
+    pub env_dropped: Option<usize>,
 }
 
 /// The GiGPO settings of a run.
@@ -247,6 +249,7 @@ impl Work {
                     gen_tokens,
                     turns_mean: None,
                     reward_extras,
+                    env_dropped: None,
                 })
             }
             Work::Env {
@@ -259,7 +262,7 @@ impl Work {
                     .into_iter()
                     .map(|i| i as u64)
                     .collect();
-                let episodes = play(
+                let played = play(
                     model,
                     codec,
                     env.as_mut(),
@@ -269,6 +272,12 @@ impl Work {
                     gen,
                     (step as u64) << 32,
                 )?;
+                let episodes = played.episodes;
+                if episodes.is_empty() {
+                    return Err(Error::invalid(format!(
+                        "step {step}: the environment dropped every episode; nothing to train on"
+                    )));
+                }
                 let n = episodes.len() as f64;
                 let reward_mean = episodes.iter().map(|e| e.ret()).sum::<f64>() / n;
                 let accuracy = episodes.iter().filter(|e| e.ret() >= 1.0).count() as f64 / n;
@@ -282,6 +291,7 @@ impl Work {
                     gen_tokens,
                     turns_mean: Some(turns as f64 / n),
                     reward_extras: Vec::new(),
+                    env_dropped: Some(played.dropped),
                 })
             }
         }
@@ -334,7 +344,7 @@ impl Work {
                     kv_cache_tokens: None,
                 };
                 let first_id = (1u64 << 63) | ((step as u64) << 32);
-                let episodes = play(
+                let played = play(
                     model,
                     codec,
                     env.as_mut(),
@@ -344,12 +354,14 @@ impl Work {
                     &gen,
                     first_id,
                 )?;
-                let solved = episodes.iter().filter(|e| e.ret() >= 1.0).count();
+                // A dropped episode counts as unsolved.
+                let solved = played.episodes.iter().filter(|e| e.ret() >= 1.0).count();
                 Ok(Some(EvalResult {
                     problems: tasks.len(),
                     samples: 1,
                     accuracy: solved as f64 / tasks.len() as f64,
                     pass_at_k: None,
+                    env_dropped: Some(played.dropped),
                 }))
             }
         }
