@@ -669,24 +669,34 @@ fn sandbox_kills_leftover_processes() {
         return;
     }
     // os.fork and subprocess are disabled, but posix_spawn is not: the spawned
-    // process is in the sandbox's process group and dies with it.
-    let prog = "import os\nprint(os.posix_spawn('/bin/sleep', ['sleep', '30'], {}))\n";
-    let r = sandbox::run_python(prog, &SandboxConfig::default());
+    // process dies with the run (its PID namespace, else its process group). It is
+    // found by its command line: inside a PID namespace its pid means nothing here.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let marker = format!("30.{}{nanos:09}", std::process::id());
+    let prog = format!("import os\nos.posix_spawn('/bin/sleep', ['sleep', '{marker}'], {{}})\n");
+    let r = sandbox::run_python(&prog, &SandboxConfig::default());
     assert_eq!(r.outcome, Outcome::Passed, "{r:?}");
-    let pid: u32 = r.stdout.trim().parse().unwrap();
     let t = Instant::now();
-    loop {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rsplit(')').next().map(|r| r.trim().chars().next()))
-            .flatten();
-        // Gone, or a zombie waiting for init.
-        if matches!(state, None | Some('Z') | Some('X')) {
-            break;
-        }
+    let alive = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // Gone, or a zombie waiting for init.
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim().starts_with(['Z', 'X']));
+            String::from_utf8_lossy(&cmd).contains(&marker) && !zombie
+        })
+    };
+    while alive() {
         assert!(
             t.elapsed() < Duration::from_secs(2),
-            "pid {pid} still {state:?}"
+            "sleep {marker} still runs ({:?})",
+            r.isolation
         );
         std::thread::sleep(Duration::from_millis(20));
     }
