@@ -6,6 +6,8 @@
 //! process behind, and the judged runner still decides verdicts. Skipped without a
 //! Python interpreter.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -557,4 +559,96 @@ fn isolation_is_reported_and_timed() {
         let judged = t.elapsed() / n;
         println!("{iso}: {plain:?} a plain run, {judged:?} a judged run");
     }
+}
+
+/// `engine eval` and `engine run` on the code task print the sandbox once and record
+/// it (`sandbox_isolation` in eval's report and the run's first metrics line); a
+/// mechanism forced by `$ONELAYER_SANDBOX` that is unknown stops them with one line.
+#[test]
+fn engine_reports_the_sandbox() {
+    if !have_python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("code.jsonl");
+    let line = serde_json::json!({
+        "task_id": "t/0",
+        "prompt": "def inc(x):\n",
+        "test": "def check(c):\n    assert c(1) == 2\n",
+        "entry_point": "inc",
+    });
+    std::fs::write(&data, format!("{line}\n")).unwrap();
+    let model = common::fixture("qwen3-gqa2-tied");
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let common_args = [
+        "--task",
+        "code",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+    ];
+    let want = sandbox::isolation().unwrap();
+    let out = common::engine()
+        .arg("eval")
+        .args(common_args)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("sandbox: "))
+        .collect();
+    assert_eq!(said, [format!("sandbox: {}", want.describe())], "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["sandbox_isolation"], want.name());
+    let run_dir = dir.path().join("run");
+    let out = common::engine()
+        .arg("run")
+        .args(common_args)
+        .args([
+            "--steps",
+            "2",
+            "--prompts-per-step",
+            "1",
+            "--group-size",
+            "2",
+            "--out",
+        ])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("sandbox: ").count(), 1, "{stderr}");
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["sandbox_isolation"], want.name());
+    assert!(lines[1].get("sandbox_isolation").is_none());
+    let out = common::engine()
+        .arg("eval")
+        .args(common_args)
+        .env("ONELAYER_SANDBOX", "docker")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr
+            .trim()
+            .starts_with("error: ONELAYER_SANDBOX=\"docker\""),
+        "{stderr}"
+    );
 }

@@ -128,6 +128,13 @@ impl BackendJob for Job {
                 }),
         );
         let (_, _, problems) = load_problems(&ls)?;
+        let sandbox = if kind == TaskKind::Code {
+            let iso = onelayer::tasks::sandbox::isolation().map_err(Error::invalid)?;
+            eprintln!("sandbox: {}", iso.describe());
+            Some(iso.name())
+        } else {
+            None
+        };
         let (model, codec, layers) = self.model(s, backend)?;
         let r = evaluate(
             &model,
@@ -143,13 +150,13 @@ impl BackendJob for Job {
             },
             self.a.seed,
         )?;
-        report(kind.name(), layers, &r);
+        report(kind.name(), layers, &r, sandbox);
         Ok(())
     }
 }
 
 /// What `engine eval` prints.
-fn report(task: &str, layers: Option<Vec<usize>>, r: &EvalResult) {
+fn report(task: &str, layers: Option<Vec<usize>>, r: &EvalResult, sandbox: Option<&str>) {
     let mut v = json!({
         "task": task,
         "trained_layers": layers,
@@ -161,6 +168,9 @@ fn report(task: &str, layers: Option<Vec<usize>>, r: &EvalResult) {
     if let Some(d) = r.env_dropped {
         // Episodes the environment dropped (counted as unsolved).
         v["env_dropped"] = json!(d);
+    }
+    if let Some(s) = sandbox {
+        v["sandbox_isolation"] = json!(s);
     }
     print_json(&v);
 }
@@ -198,7 +208,7 @@ impl Job {
                 0,
             )?
             .ok_or_else(|| Error::invalid("--limit must be at least 1"))?;
-        report(&work.title(), layers, &r);
+        report(&work.title(), layers, &r, None);
         Ok(())
     }
 }

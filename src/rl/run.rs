@@ -214,6 +214,14 @@ pub fn run_rl<B: Backend>(
     let run_start = Instant::now();
     let eval_every = s.eval_every.unwrap_or(0);
     let progress = progress_bar(steps, start);
+    // The code task's sandbox (`Work::open` printed it), on the first line this run writes.
+    let mut sandbox_isolation = match &work {
+        Work::Tasks {
+            kind: TaskKind::Code,
+            ..
+        } => tasks::sandbox::isolation().ok().map(|i| i.name()),
+        _ => None,
+    };
     if start == 0 && work.has_eval() && eval_every > 0 {
         // The base model, so the chart and the log start from it.
         let r = work
@@ -229,6 +237,9 @@ pub fn run_rl<B: Backend>(
         let mut line = json!({"step": 0, "eval_accuracy": r.accuracy});
         if let Some(d) = r.env_dropped {
             line["eval_env_dropped"] = json!(d);
+        }
+        if let Some(i) = sandbox_isolation.take() {
+            line["sandbox_isolation"] = json!(i);
         }
         writeln!(metrics, "{line}").map_err(|e| Error::file(&metrics_path, e))?;
         eval_curve.push((0, r.accuracy));
@@ -310,6 +321,9 @@ pub fn run_rl<B: Backend>(
             eval_dropped = r.env_dropped;
             eval_curve.push((step, r.accuracy));
             summary.evals.push((step, r));
+        }
+        if let Some(i) = sandbox_isolation.take() {
+            line["sandbox_isolation"] = json!(i);
         }
         writeln!(metrics, "{line}").map_err(|e| Error::file(&metrics_path, e))?;
         train_curve.push((step, batch.reward_mean));

@@ -162,6 +162,10 @@ impl Work {
         }
         let algo = Algo::parse(s.algo.as_deref().unwrap_or("grpo"))?;
         let (kind, problems, eval_problems) = load_problems(s)?;
+        if kind == TaskKind::Code {
+            let iso = crate::tasks::sandbox::isolation().map_err(Error::invalid)?;
+            eprintln!("sandbox: {}", iso.describe());
+        }
         if algo == Algo::Gigpo {
             eprintln!(
                 "note: --algo gigpo on the single-turn task {kind}: each episode is one step whose step group is its prompt group"
