@@ -342,6 +342,7 @@ fn inc_problem() -> Problem {
         prompt: code::prompt(&spec.prompt),
         reference: "    return x + 1\n".into(),
         code: Some(spec),
+        row: None,
     }
 }
 
