@@ -226,7 +226,7 @@ fn entry(layer: Option<usize>, score: f64, c: Option<f64>) -> Entry {
         contribution: c,
         wall_seconds: 1.0,
         peak_rss_bytes: 1 << 20,
-        run_dir: String::new(),
+        ..Entry::default()
     }
 }
 
@@ -249,6 +249,8 @@ fn write_sweep(path: &Path, contributions: &[f64]) {
         best_layers: vec![],
         run_args: vec![],
         settings: serde_json::json!({}),
+        seeds: vec![],
+        interval: None,
     };
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, serde_json::to_string(&s).unwrap()).unwrap();
@@ -289,6 +291,113 @@ fn compare_matches_hand_computed() {
         &["sweep", "compare", a.to_str().unwrap(), c.to_str().unwrap()],
         "same depth",
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `engine sweep --seeds 2` on the reduced demo: every run twice (its own seed),
+/// sweep.json with the per-seed runs, mean C, spread, 95% t-interval and the
+/// distinguishable-from-best flag; report.md and sweep.csv carry them; selection
+/// (`top-1`) reads the means.
+#[test]
+fn seeded_sweep_writes_intervals() {
+    let dir = tmp("seeds");
+    let d = dir.to_str().unwrap();
+    let mut args = sweep_args(d, "1,2");
+    args.splice(1..1, ["--seeds", "2", "--seed", "5"]);
+    run_ok(&args);
+    let s = Sweep::read(&dir).unwrap();
+    assert_eq!(s.seeds, vec![5, 6]);
+    assert!(s.interval.as_deref().unwrap().contains("t-interval"));
+    for name in ["full-s5", "full-s6", "layer-01-s5", "layer-02-s6"] {
+        assert!(dir.join("runs").join(name).join("sweep-result.json").exists(), "{name}");
+    }
+    assert_eq!(s.full.seeds.len(), 2);
+    let mean_base = s.full.seeds.iter().map(|r| r.base).sum::<f64>() / 2.0;
+    close(s.score_base, mean_base, "base is the mean of the seeds' bases");
+    for e in &s.layers {
+        assert_eq!(e.seeds.len(), 2);
+        let mean = e.seeds.iter().map(|r| r.score).sum::<f64>() / 2.0;
+        close(e.score, mean, "score is the mean");
+        let cs: Vec<f64> = e.seeds.iter().filter_map(|r| r.contribution).collect();
+        if cs.len() == 2 {
+            let [lo, hi] = e.contribution_ci95.expect("two defined seeds give an interval");
+            let m = e.contribution.unwrap();
+            close(m, (cs[0] + cs[1]) / 2.0, "C is the mean");
+            assert!(lo <= m && m <= hi);
+            // t(0.975, 1) = 12.706: half-width 12.706 * sd / sqrt(2).
+            let sd = (cs[0] - cs[1]).abs() / 2f64.sqrt();
+            close(hi - m, 12.706 * sd / 2f64.sqrt(), "t-interval half-width");
+        }
+    }
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("95% interval") && md.contains("distinguishable from the best"), "{md}");
+    let csv = std::fs::read_to_string(dir.join("sweep.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with("distinguishable_from_best,seeds"));
+    assert!(std::fs::read_to_string(dir.join("contribution.svg")).unwrap().contains("2 seeds"));
+    // --seed after -- is the sweep's own with --seeds.
+    let mut bad = sweep_args(d, "1");
+    bad.splice(1..1, ["--seeds", "2"]);
+    bad.extend(["--seed", "3"]);
+    one_line_error(&bad, "--seed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two seeded sweeps: the rank correlation comes with a bootstrap interval over the
+/// seeds; identical sweeps give an interval at 1.
+#[test]
+fn compare_of_seeded_sweeps_has_an_interval() {
+    let dir = tmp("compare-seeds");
+    let seeded = |path: &Path, shift: f64| {
+        let run = |seed: u64, c: f64| onelayer::sweep::SeedRun {
+            seed,
+            score: c,
+            base: 0.0,
+            contribution: Some(c),
+            run_dir: String::new(),
+        };
+        let layers: Vec<Entry> = (0..4)
+            .map(|l| {
+                let cs: Vec<f64> = (0..3).map(|k| l as f64 * 0.2 + shift * k as f64).collect();
+                Entry {
+                    seeds: cs.iter().enumerate().map(|(k, &c)| run(k as u64, c)).collect(),
+                    ..entry(Some(l), cs[1], Some(cs[1]))
+                }
+            })
+            .collect();
+        let s = Sweep {
+            version: 1,
+            model: "m".into(),
+            task: "arith".into(),
+            num_layers: 4,
+            metric: "eval_accuracy".into(),
+            score_base: 0.0,
+            score_full: 1.0,
+            contribution_defined: true,
+            full: entry(None, 1.0, Some(1.0)),
+            layers,
+            best_layers: vec![],
+            run_args: vec![],
+            settings: serde_json::json!({}),
+            seeds: vec![0, 1, 2],
+            interval: None,
+        };
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_string(&s).unwrap()).unwrap();
+    };
+    let (a, b) = (dir.join("a/sweep.json"), dir.join("b/sweep.json"));
+    seeded(&a, 0.01);
+    seeded(&b, 0.02);
+    let (stdout, _) = run_ok(&[
+        "sweep",
+        "compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        dir.join("cmp").to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let ci = v["spearman_ci95"].as_array().expect("an interval");
+    assert!((ci[0].as_f64().unwrap() - 1.0).abs() < 1e-9, "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -21,7 +21,7 @@ use onelayer::resolve::resolve_model;
 use onelayer::rl::RunSettings;
 use onelayer::sweep::compare::{compare, compare_svg, label};
 use onelayer::sweep::runner::{self, run_all, Job, Plan};
-use onelayer::sweep::{chart, finish, report, Entry, Sweep};
+use onelayer::sweep::{chart, finish, finish_seeded, report, Entry, SeedRun, Sweep};
 use onelayer::train::TrainLayers;
 use onelayer::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -104,6 +104,13 @@ pub struct SweepArgs {
     /// The sweep directory (runs/, logs/, sweep.json, sweep.csv, report.md, ...).
     #[arg(long, required = true)]
     pub out: Option<PathBuf>,
+    /// Repeat every run (the full baseline and each layer) over K seeds (rollout
+    /// sampling and data order): means, spreads and 95% t-intervals of C.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: usize,
+    /// The first seed of --seeds (the runs use seed, seed + 1, ...).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Further `engine run` flags for every run, after `--` (e.g. -- --lr 1e-5 --seed 3).
     #[arg(last = true)]
     pub run_args: Vec<String>,
@@ -164,7 +171,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 fn run_args(a: &SweepArgs) -> Result<Vec<String>> {
     for t in &a.run_args {
         let name = t.split('=').next().unwrap_or("");
-        if OWN_FLAGS.contains(&name) {
+        if OWN_FLAGS.contains(&name) || (name == "--seed" && a.seeds > 1) {
             return Err(Error::invalid(format!(
                 "engine sweep: {name} after -- is set by the sweep itself (give the sweep's own flag before --, or drop it)"
             )));
@@ -259,8 +266,20 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         .map_err(|e| Error::invalid(e.to_string().replacen("--train-layer", "--layers", 1)))?;
     check_args(&dir, &args)?;
     let exe = std::env::current_exe().map_err(|e| Error::invalid(format!("engine binary: {e}")))?;
-    let mut jobs = vec![Job::full()];
-    jobs.extend(layers.layers().iter().map(|&l| Job::layer(l, n)));
+    if a.seeds == 0 {
+        return Err(Error::invalid("--seeds must be at least 1"));
+    }
+    let seeds: Vec<u64> = (0..a.seeds as u64).map(|k| a.seed + k).collect();
+    let mut one = vec![Job::full()];
+    one.extend(layers.layers().iter().map(|&l| Job::layer(l, n)));
+    let jobs: Vec<Job> = if a.seeds == 1 {
+        one
+    } else {
+        seeds
+            .iter()
+            .flat_map(|&s| one.iter().map(move |j| j.clone().seeded(s)))
+            .collect()
+    };
     let _ = ctrlc::set_handler(|| {
         use std::sync::atomic::Ordering::SeqCst;
         if runner::STOP.swap(true, SeqCst) {
@@ -269,8 +288,13 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         eprintln!("\nCtrl-C: the running runs save a checkpoint and stop; the same command continues the sweep");
     });
     eprintln!(
-        "sweep: the full baseline and {} layer run(s) in {}, {} at a time",
+        "sweep: the full baseline and {} layer run(s){} in {}, {} at a time",
         layers.len(),
+        if a.seeds > 1 {
+            format!(", each over {} seeds", a.seeds)
+        } else {
+            String::new()
+        },
         dir.display(),
         devices.len()
     );
@@ -281,48 +305,88 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         devices: &devices,
     };
     let outcomes = run_all(&plan, &jobs)?;
-    let entries: Vec<Entry> = jobs
-        .iter()
-        .zip(&outcomes)
-        .map(|(j, o)| Entry {
-            layer: j.layer,
-            score: o.score,
-            contribution: None,
-            wall_seconds: o.wall_seconds,
-            peak_rss_bytes: o.peak_rss_bytes,
-            run_dir: format!("runs/{}", j.name),
+    let per = layers.len() + 1; // runs per seed: the full baseline, then each layer
+    let entry = |i: usize| Entry {
+        layer: jobs[i].layer,
+        score: outcomes[i].score,
+        wall_seconds: outcomes[i].wall_seconds,
+        peak_rss_bytes: outcomes[i].peak_rss_bytes,
+        run_dir: format!("runs/{}", jobs[i].name),
+        ..Entry::default()
+    };
+    let base_of = |i: usize| {
+        outcomes[i].base_score.ok_or_else(|| {
+            Error::invalid(format!(
+                "sweep: {} logged no step-0 evaluation of the base model (--eval-every 0?)",
+                jobs[i].name
+            ))
         })
-        .collect();
-    let bases: Vec<f64> = outcomes.iter().filter_map(|o| o.base_score).collect();
-    let score_base = *bases.first().ok_or_else(|| {
-        Error::invalid(
-            "sweep: no run logged the step-0 evaluation of the base model (--eval-every 0?)",
-        )
-    })?;
-    if bases.iter().any(|b| (b - score_base).abs() > 1e-9) {
-        eprintln!("warning: the runs' step-0 evaluations differ ({bases:?}); the full run's is the base score");
-    }
+    };
     let full_dir = runner::run_dir(&dir, &jobs[0]);
     let settings = RunSettings::from_toml_file(&full_dir.join("config.toml"))?;
     let mut settings = serde_json::to_value(&settings).expect("settings serialise");
     if let Some(m) = settings.as_object_mut() {
         m.retain(|_, v| !v.is_null());
     }
-    let sweep = finish(Sweep {
+    let mut sweep = Sweep {
         version: 1,
         model: a.model.clone().unwrap_or_else(|| "builtin:tiny".into()),
         task: settings["task"].as_str().unwrap_or("arith").to_string(),
         num_layers: n,
         metric: "eval_accuracy".into(),
-        score_base,
-        score_full: entries[0].score,
+        score_base: 0.0,
+        score_full: 0.0,
         contribution_defined: false,
-        full: entries[0].clone(),
-        layers: entries[1..].to_vec(),
+        full: entry(0),
+        layers: (1..per).map(entry).collect(),
         best_layers: Vec::new(),
         run_args: args,
         settings,
-    });
+        seeds: Vec::new(),
+        interval: None,
+    };
+    let sweep = if a.seeds == 1 {
+        let bases: Vec<f64> = outcomes.iter().filter_map(|o| o.base_score).collect();
+        let score_base = base_of(0)?;
+        if bases.iter().any(|b| (b - score_base).abs() > 1e-9) {
+            eprintln!("warning: the runs' step-0 evaluations differ ({bases:?}); the full run's is the base score");
+        }
+        sweep.score_base = score_base;
+        sweep.score_full = outcomes[0].score;
+        finish(sweep)
+    } else {
+        for (k, &seed) in seeds.iter().enumerate() {
+            let full_i = k * per;
+            let base = base_of(full_i)?;
+            let run = |i: usize| SeedRun {
+                seed,
+                score: outcomes[i].score,
+                base,
+                contribution: None,
+                run_dir: format!("runs/{}", jobs[i].name),
+            };
+            sweep.full.seeds.push(run(full_i));
+            for (j, e) in sweep.layers.iter_mut().enumerate() {
+                e.seeds.push(run(full_i + 1 + j));
+            }
+        }
+        let total = |pick: &dyn Fn(usize) -> bool, f: &dyn Fn(&runner::Outcome) -> f64| {
+            outcomes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| pick(*i))
+                .map(|(_, o)| f(o))
+                .sum::<f64>()
+        };
+        sweep.full.wall_seconds = total(&|i| i % per == 0, &|o| o.wall_seconds);
+        for (j, e) in sweep.layers.iter_mut().enumerate() {
+            e.wall_seconds = total(&|i| i % per == j + 1, &|o| o.wall_seconds);
+            e.run_dir = format!("runs/{}-s*", Job::layer(e.layer.unwrap_or(0), n).name);
+        }
+        sweep.full.run_dir = "runs/full-s*".into();
+        sweep.seeds = seeds.clone();
+        finish_seeded(sweep)
+    };
     let json = serde_json::to_string_pretty(&sweep).expect("sweep serialises");
     write(&dir.join("sweep.json"), &json)?;
     write(&dir.join("sweep.csv"), &report::csv(&sweep))?;

@@ -5,11 +5,13 @@
 use super::Sweep;
 use std::fmt::Write;
 
-/// A named series of bar heights (`None`: no bar).
+/// A named series of bar heights (`None`: no bar), with optional error bars
+/// (`[lo, hi]` per bar; empty: none).
 pub struct Series<'a> {
     pub name: &'a str,
     pub color: &'a str,
     pub values: Vec<Option<f64>>,
+    pub errors: Vec<Option<[f64; 2]>>,
 }
 
 /// The chart of one sweep.
@@ -18,10 +20,20 @@ pub fn contribution_svg(s: &Sweep) -> String {
     let title = format!("layer contribution — {} on {}", s.model, s.task);
     if s.contribution_defined {
         let values = s.layers.iter().map(|e| e.contribution).collect();
+        let errors = s.layers.iter().map(|e| e.contribution_ci95).collect();
+        let (name, title) = if s.seeds.len() > 1 {
+            (
+                "C_l (mean, 95% t-interval)",
+                format!("{title}, {} seeds", s.seeds.len()),
+            )
+        } else {
+            ("C_l", title)
+        };
         let series = [Series {
-            name: "C_l",
+            name,
             color: "#1f77b4",
             values,
+            errors,
         }];
         bars_svg(&title, "C_l", &labels, &series, Some((1.0, "full")))
     } else {
@@ -34,6 +46,7 @@ pub fn contribution_svg(s: &Sweep) -> String {
             name: "score - base",
             color: "#1f77b4",
             values,
+            errors: Vec::new(),
         }];
         let title = format!("{title} (C undefined: full = base; score gain shown)");
         bars_svg(&title, "score - base", &labels, &series, None)
@@ -59,7 +72,14 @@ pub fn bars_svg(
     let (ml, mr, mt, mb) = (64.0, 24.0, 48.0, 48.0);
     let w = (ml + mr + group_w * n as f64).max(480.0);
     let h = 360.0;
-    let values = series.iter().flat_map(|s| s.values.iter().flatten());
+    let ends = series
+        .iter()
+        .flat_map(|s| s.errors.iter().flatten().flat_map(|e| e.iter()));
+    let values = series
+        .iter()
+        .flat_map(|s| s.values.iter().flatten())
+        .chain(ends)
+        .filter(|v| v.is_finite());
     let mut lo = values.clone().cloned().fold(0.0f64, f64::min);
     let mut hi = values.cloned().fold(0.0f64, f64::max);
     if let Some((r, _)) = reference {
@@ -122,6 +142,22 @@ pub fn bars_svg(
                 escape(s.name),
                 escape(lab)
             );
+            if let Some([a, b]) = s.errors.get(g).copied().flatten() {
+                let xc = x0 + k as f64 * bar_w + bar_w / 2.0;
+                let _ = write!(
+                    svg,
+                    r##"<path d="M{:.1},{:.1}V{:.1}M{:.1},{:.1}h{:.1}M{:.1},{:.1}h{:.1}" stroke="#333" fill="none"><title>95% interval {a:.4} .. {b:.4}</title></path>"##,
+                    xc,
+                    y(a),
+                    y(b),
+                    xc - 3.0,
+                    y(a),
+                    6.0,
+                    xc - 3.0,
+                    y(b),
+                    6.0
+                );
+            }
         }
         if g % step == 0 {
             let _ = write!(
@@ -198,16 +234,19 @@ mod tests {
                 name: "a<b",
                 color: "#111",
                 values: vec![Some(0.5), Some(-0.2), None],
+                errors: vec![Some([0.3, 0.7]), None, None],
             },
             Series {
                 name: "b",
                 color: "#222",
                 values: vec![Some(1.5), Some(0.0), Some(0.1)],
+                errors: Vec::new(),
             },
         ];
         let svg = bars_svg("t", "C", &labels, &s, Some((1.0, "full")));
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert_eq!(svg.matches("<title>").count(), 5);
+        assert_eq!(svg.matches("<title>").count(), 6, "five bars, one error bar");
+        assert!(svg.contains("95% interval 0.3000 .. 0.7000"));
         assert!(svg.contains("a&lt;b") && svg.contains("stroke-dasharray"));
         // Ticks at multiples of 0.5 from -0.5 to 1.5.
         assert!(svg.contains(">-0.50</text>") && svg.contains(">1.50</text>"));

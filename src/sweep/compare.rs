@@ -1,7 +1,8 @@
 //! `engine sweep compare A B`: how alike two sweeps rank the layers (different
 //! tasks, algorithms or models of the same depth). Over the layers both swept, the
 //! key is C_l when both sweeps define it, else the score; Spearman's rho and
-//! Kendall's tau-b of the two keys (`rank`), and a side-by-side bar chart.
+//! Kendall's tau-b of the two keys (`rank`; the means over seeds for seeded sweeps,
+//! with a bootstrap interval of rho), and a side-by-side bar chart.
 
 use super::chart::{bars_svg, Series};
 use super::rank::{kendall_tau_b, spearman};
@@ -22,6 +23,9 @@ pub struct Comparison {
     pub values_a: Vec<f64>,
     pub values_b: Vec<f64>,
     pub spearman: Option<f64>,
+    /// 95% percentile-bootstrap interval of Spearman's rho over both sweeps' seeds
+    /// (`stats::spearman_interval`); None unless both have two seeds or more.
+    pub spearman_ci95: Option<[f64; 2]>,
     pub kendall_tau_b: Option<f64>,
 }
 
@@ -64,7 +68,25 @@ pub fn compare(a: &Sweep, b: &Sweep, names: (&str, &str)) -> Result<Comparison> 
             "sweep compare: a contribution is missing or not finite",
         ));
     }
+    let per_seed = |s: &Sweep| -> Vec<Vec<Option<f64>>> {
+        layers
+            .iter()
+            .map(|&l| {
+                let e = s
+                    .layers
+                    .iter()
+                    .find(|e| e.layer == Some(l))
+                    .expect("shared");
+                e.seeds
+                    .iter()
+                    .map(|r| if by_c { r.contribution } else { Some(r.score) })
+                    .collect()
+            })
+            .collect()
+    };
+    let spearman_ci95 = super::stats::spearman_interval(&per_seed(a), &per_seed(b));
     Ok(Comparison {
+        spearman_ci95,
         a: names.0.into(),
         b: names.1.into(),
         key: if by_c { "contribution" } else { "score" }.into(),
@@ -91,11 +113,13 @@ pub fn compare_svg(c: &Comparison) -> String {
             name: &c.a,
             color: "#1f77b4",
             values: c.values_a.iter().map(|&v| Some(v)).collect(),
+            errors: Vec::new(),
         },
         Series {
             name: &c.b,
             color: "#ff7f0e",
             values: c.values_b.iter().map(|&v| Some(v)).collect(),
+            errors: Vec::new(),
         },
     ];
     let reference = (c.key == "contribution").then_some((1.0, "full"));

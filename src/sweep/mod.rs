@@ -13,6 +13,10 @@
 //! base score is the step-0 evaluation (the model before training) of the full run.
 //! When `score_full == score_base`, C is undefined: every contribution is `null`
 //! and `contribution_defined` is false.
+//!
+//! `--seeds K` repeats the whole sweep over K seeds (`finish_seeded`, `stats`): each
+//! entry then holds its per-seed runs, its mean C (what selection uses), the spread
+//! and a 95% t-interval, and whether it is distinguishable from the best layer.
 
 pub mod chart;
 pub mod compare;
@@ -20,13 +24,27 @@ pub mod rank;
 pub mod report;
 pub mod runner;
 pub mod select;
+pub mod stats;
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// One finished run of a sweep: the full baseline (`layer: None`) or one layer.
+/// One seed's run of an entry (seeded sweeps).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedRun {
+    pub seed: u64,
+    pub score: f64,
+    /// The seed's base score (its full run's step-0 evaluation).
+    pub base: f64,
+    /// C of this run against its seed's base and full run.
+    pub contribution: Option<f64>,
+    pub run_dir: String,
+}
+
+/// One finished run of a sweep: the full baseline (`layer: None`) or one layer
+/// (with `--seeds K`: its K runs, `score` and `contribution` their means).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// The trained layer; `None` for the full-parameter baseline (`all`).
     pub layer: Option<usize>,
@@ -41,6 +59,18 @@ pub struct Entry {
     pub peak_rss_bytes: u64,
     /// The run directory, relative to the sweep directory.
     pub run_dir: String,
+    /// Seeded sweeps: every seed's run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<SeedRun>,
+    /// Sample standard deviation of C over the seeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contribution_sd: Option<f64>,
+    /// 95% t-interval of the mean C over the seeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contribution_ci95: Option<[f64; 2]>,
+    /// The paired 95% t-interval of (C_best - C_l) over the seeds excludes 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinguishable_from_best: Option<bool>,
 }
 
 /// `sweep.json`.
@@ -67,6 +97,12 @@ pub struct Sweep {
     pub run_args: Vec<String>,
     /// The full run's resolved settings (its config.toml).
     pub settings: serde_json::Value,
+    /// The seeds every entry was run with (`--seeds K`; empty: one run each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
+    /// How the intervals were computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
 }
 
 impl Sweep {
@@ -111,6 +147,61 @@ pub fn finish(mut s: Sweep) -> Sweep {
     s
 }
 
+/// A seeded sweep's statistics: per seed k, C_{l,k} against the seed's own base
+/// (`full.seeds[k].base`) and full run (`full.seeds[k].score`); per entry the mean
+/// score and C, the spread and 95% t-interval of C, and (for layers) whether it is
+/// distinguishable from the best one (`stats`). Selection uses the means.
+pub fn finish_seeded(mut s: Sweep) -> Sweep {
+    let k = s.full.seeds.len();
+    let bases: Vec<f64> = s.full.seeds.iter().map(|r| r.base).collect();
+    let fulls: Vec<f64> = s.full.seeds.iter().map(|r| r.score).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    s.score_base = mean(&bases);
+    s.score_full = mean(&fulls);
+    let defined: Vec<bool> = (0..k)
+        .map(|i| contribution(fulls[i], bases[i], fulls[i]).is_some())
+        .collect();
+    s.contribution_defined = defined.iter().any(|&d| d);
+    for (r, &d) in s.full.seeds.iter_mut().zip(&defined) {
+        r.contribution = d.then_some(1.0);
+    }
+    s.full.score = s.score_full;
+    s.full.contribution = s.contribution_defined.then_some(1.0);
+    for e in &mut s.layers {
+        for (i, r) in e.seeds.iter_mut().enumerate() {
+            r.contribution = contribution(r.score, bases[i], fulls[i]);
+        }
+        let scores: Vec<f64> = e.seeds.iter().map(|r| r.score).collect();
+        e.score = mean(&scores);
+        let cs: Vec<f64> = e.seeds.iter().filter_map(|r| r.contribution).collect();
+        let (m, sd, ci) = stats::summarize(&cs);
+        (e.contribution, e.contribution_sd, e.contribution_ci95) = (m, sd, ci);
+    }
+    s.layers.sort_by_key(|e| e.layer);
+    s.best_layers = ranking(&s.layers);
+    if let Some(&best) = s.best_layers.first() {
+        let per_seed =
+            |e: &Entry| -> Vec<Option<f64>> { e.seeds.iter().map(|r| r.contribution).collect() };
+        let best_c = per_seed(
+            s.layers
+                .iter()
+                .find(|e| e.layer == Some(best))
+                .expect("ranked"),
+        );
+        for e in &mut s.layers {
+            e.distinguishable_from_best = if e.layer == Some(best) {
+                None
+            } else {
+                stats::distinguishable(&best_c, &per_seed(e))
+            };
+        }
+    }
+    s.interval = Some(format!(
+        "95% Student t-interval over the {k} seeds (mean +- t(0.975, n-1) sd / sqrt(n)); distinguishable: paired t-interval of C_best - C_l excludes 0"
+    ));
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,11 +210,53 @@ mod tests {
         Entry {
             layer,
             score,
-            contribution: None,
             wall_seconds: 1.0,
             peak_rss_bytes: 1 << 20,
-            run_dir: String::new(),
+            ..Entry::default()
         }
+    }
+
+    #[test]
+    fn seeded_sweeps_average_and_bound_contributions() {
+        let run = |seed: u64, score: f64, base: f64| SeedRun {
+            seed,
+            score,
+            base,
+            contribution: None,
+            run_dir: String::new(),
+        };
+        // Seeds: base 0.2 / full 0.6, base 0.1 / full 0.5, base 0.3 / full 0.7.
+        let full = Entry {
+            seeds: vec![run(0, 0.6, 0.2), run(1, 0.5, 0.1), run(2, 0.7, 0.3)],
+            ..entry(None, 0.0)
+        };
+        let layer = |l: usize, scores: [f64; 3]| Entry {
+            seeds: (0..3).map(|k| run(k as u64, scores[k], 0.0)).collect(),
+            ..entry(Some(l), 0.0)
+        };
+        let s = finish_seeded(Sweep {
+            seeds: vec![0, 1, 2],
+            full,
+            layers: vec![layer(1, [0.5, 0.4, 0.6]), layer(0, [0.3, 0.2, 0.35])],
+            ..sweep(0.0, 0.0, &[])
+        });
+        assert!(s.contribution_defined);
+        assert!((s.score_base - 0.2).abs() < 1e-12 && (s.score_full - 0.6).abs() < 1e-12);
+        let l1 = &s.layers[1];
+        // C per seed 0.75, 0.75, 0.75: no spread, a zero-width interval.
+        assert!((l1.contribution.unwrap() - 0.75).abs() < 1e-12);
+        assert!(l1.contribution_sd.unwrap() < 1e-12);
+        let l0 = &s.layers[0];
+        let cs: Vec<f64> = l0.seeds.iter().map(|r| r.contribution.unwrap()).collect();
+        for (c, want) in cs.iter().zip([0.25, 0.25, 0.125]) {
+            assert!((c - want).abs() < 1e-12, "{cs:?}");
+        }
+        let [lo, hi] = l0.contribution_ci95.unwrap();
+        assert!(lo < l0.contribution.unwrap() && l0.contribution.unwrap() < hi);
+        assert_eq!(s.best_layers, vec![1, 0]);
+        assert_eq!(l0.distinguishable_from_best, Some(true));
+        assert_eq!(l1.distinguishable_from_best, None);
+        assert!((l0.score - (0.3 + 0.2 + 0.35) / 3.0).abs() < 1e-12);
     }
 
     pub(crate) fn sweep(base: f64, full: f64, scores: &[(usize, f64)]) -> Sweep {
@@ -141,6 +274,8 @@ mod tests {
             best_layers: Vec::new(),
             run_args: Vec::new(),
             settings: serde_json::json!({}),
+            seeds: Vec::new(),
+            interval: None,
         })
     }
 

@@ -8,6 +8,9 @@ use std::fmt::Write;
 
 /// The CSV header.
 pub const CSV_HEADER: &str = "layer,score,contribution,wall_seconds,peak_rss_mib";
+/// The columns a seeded sweep adds.
+pub const CSV_SEED_COLUMNS: &str =
+    "contribution_sd,contribution_ci95_lo,contribution_ci95_hi,distinguishable_from_best,seeds";
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
@@ -25,11 +28,17 @@ fn name(e: &Entry) -> String {
 /// has no run of its own (its score is the full run's step-0 evaluation); its C is
 /// 0 by definition. Empty cells where C is undefined.
 pub fn csv(s: &Sweep) -> String {
-    let mut out = format!("{CSV_HEADER}\n");
+    let seeded = s.seeds.len() > 1;
+    let mut out = if seeded {
+        format!("{CSV_HEADER},{CSV_SEED_COLUMNS}\n")
+    } else {
+        format!("{CSV_HEADER}\n")
+    };
     let c0 = s.contribution_defined.then_some(0.0);
-    let _ = writeln!(out, "base,{},{},,", s.score_base, opt(c0));
+    let _ = write!(out, "base,{},{},,", s.score_base, opt(c0));
+    out.push_str(if seeded { ",,,,,\n" } else { "\n" });
     for e in std::iter::once(&s.full).chain(&s.layers) {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{},{},{},{},{:.3}",
             name(e),
@@ -38,6 +47,21 @@ pub fn csv(s: &Sweep) -> String {
             e.wall_seconds,
             mib(e.peak_rss_bytes)
         );
+        if seeded {
+            let ci = e.contribution_ci95;
+            let _ = write!(
+                out,
+                ",{},{},{},{},{}",
+                opt(e.contribution_sd),
+                opt(ci.map(|c| c[0])),
+                opt(ci.map(|c| c[1])),
+                e.distinguishable_from_best
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                e.seeds.len()
+            );
+        }
+        out.push('\n');
     }
     out
 }
@@ -68,6 +92,76 @@ pub fn markdown(s: &Sweep, sweep_json: &str, chart: &str) -> String {
             s.score_full
         );
     }
+    if s.seeds.len() > 1 {
+        seeded_table(&mut md, s);
+    } else {
+        plain_table(&mut md, s);
+    }
+    let _ = writeln!(md, "\n![C_l by layer]({chart})\n");
+    best_and_settings(&mut md, s, sweep_json);
+    md
+}
+
+/// The table of a seeded sweep: means over the seeds, the spread and interval of
+/// C, and whether each layer is distinguishable from the best one.
+fn seeded_table(md: &mut String, s: &Sweep) {
+    let _ = writeln!(
+        md,
+        "Every run was repeated over {} seeds ({:?}: rollout sampling and data order); \
+         scores and C_l are means over the seeds. Intervals: {}.\n",
+        s.seeds.len(),
+        s.seeds,
+        s.interval.as_deref().unwrap_or("95% t-interval")
+    );
+    md.push_str("| layer | score (mean) | C_l (mean) | sd | 95% interval | distinguishable from the best |\n");
+    md.push_str("|---|---|---|---|---|---|\n");
+    let _ = writeln!(md, "| base | {:.4} | | | | |", s.score_base);
+    let _ = writeln!(
+        md,
+        "| all | {:.4} | {} | | | |",
+        s.score_full,
+        c_cell(s.full.contribution)
+    );
+    for e in &s.layers {
+        let ci = e
+            .contribution_ci95
+            .map_or_else(String::new, |[a, b]| format!("[{a:.3}, {b:.3}]"));
+        let dist = match e.distinguishable_from_best {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None if s.best_layers.first() == e.layer.as_ref() => "(best)",
+            None => "n/a",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.4} | {} | {} | {ci} | {dist} |",
+            name(e),
+            e.score,
+            c_cell(e.contribution),
+            e.contribution_sd
+                .map_or_else(String::new, |v| format!("{v:.3}")),
+        );
+    }
+    let tied: Vec<String> = s
+        .layers
+        .iter()
+        .filter(|e| e.distinguishable_from_best == Some(false))
+        .filter_map(|e| e.layer.map(|l| l.to_string()))
+        .collect();
+    if let Some(best) = s.best_layers.first() {
+        let _ = writeln!(
+            md,
+            "\nBest layer by mean C: {best}. Not distinguishable from it at 95%: {}.",
+            if tied.is_empty() {
+                "none".to_string()
+            } else {
+                tied.join(", ")
+            }
+        );
+    }
+}
+
+fn plain_table(md: &mut String, s: &Sweep) {
     md.push_str("| layer | score | C_l | wall time (s) | peak RSS (MiB) |\n");
     md.push_str("|---|---|---|---|---|\n");
     let c0 = s.contribution_defined.then_some(0.0);
@@ -83,7 +177,9 @@ pub fn markdown(s: &Sweep, sweep_json: &str, chart: &str) -> String {
             mib(e.peak_rss_bytes)
         );
     }
-    let _ = writeln!(md, "\n![C_l by layer]({chart})\n");
+}
+
+fn best_and_settings(md: &mut String, s: &Sweep, sweep_json: &str) {
     md.push_str("## Best layers\n\n");
     for (i, &l) in s.best_layers.iter().take(5).enumerate() {
         if let Some(e) = s.layers.iter().find(|e| e.layer == Some(l)) {
@@ -129,7 +225,6 @@ pub fn markdown(s: &Sweep, sweep_json: &str, chart: &str) -> String {
         "- Wall time is that of the process that finished the run (a resumed run \
          counts its last part only).\n",
     );
-    md
 }
 
 #[cfg(test)]

@@ -31,10 +31,13 @@ pub static STOP: AtomicBool = AtomicBool::new(false);
 /// One RL run of the sweep.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
-    /// Directory name under `runs/` and log name: `full`, `layer-07`.
+    /// Directory name under `runs/` and log name: `full`, `layer-07`, and with a
+    /// seed `full-s1`, `layer-07-s1`.
     pub name: String,
     /// `None` for the full-parameter baseline.
     pub layer: Option<usize>,
+    /// `--seed` of a seeded sweep's run.
+    pub seed: Option<u64>,
 }
 
 impl Job {
@@ -42,7 +45,15 @@ impl Job {
         Job {
             name: "full".into(),
             layer: None,
+            seed: None,
         }
+    }
+
+    /// The same run with `--seed seed` (a seeded sweep).
+    pub fn seeded(mut self, seed: u64) -> Self {
+        self.name = format!("{}-s{seed}", self.name);
+        self.seed = Some(seed);
+        self
     }
 
     pub fn layer(l: usize, num_layers: usize) -> Self {
@@ -50,6 +61,7 @@ impl Job {
         Job {
             name: format!("layer-{l:0width$}"),
             layer: Some(l),
+            seed: None,
         }
     }
 
@@ -155,6 +167,9 @@ fn run_one(plan: &Plan, job: &Job, device: &str, k: usize, total: usize) -> Resu
         args.extend(plan.run_args.iter().cloned());
         args.extend(["--train-layer".into(), job.train_layer()]);
         args.extend(["--out".into(), dir.display().to_string()]);
+        if let Some(seed) = job.seed {
+            args.extend(["--seed".into(), seed.to_string()]);
+        }
     }
     args.extend(["--device".into(), device.to_string()]);
     let log_path = plan.dir.join("logs").join(format!("{}.log", job.name));
