@@ -97,6 +97,35 @@ impl ModelConfig {
         raw.validate()
     }
 
+    /// An HF `config.json` for this configuration (what `from_json` reads back, and
+    /// what transformers' Qwen3 / Qwen2 classes load).
+    pub fn to_hf_json(&self, dtype: &str) -> String {
+        let (arch, kind) = match self.family {
+            Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+            Family::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+        };
+        let v = serde_json::json!({
+            "architectures": [arch],
+            "model_type": kind,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.qkv_bias,
+            "hidden_act": "silu",
+            "eos_token_id": self.eos_token_ids,
+            "torch_dtype": dtype,
+        });
+        serde_json::to_string_pretty(&v).expect("a config serialises") + "\n"
+    }
+
     /// Query heads per key/value head.
     pub fn gqa_group(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads

@@ -59,6 +59,13 @@ pub struct Args {
     pub device: String,
     #[command(flatten)]
     pub reward: super::reward::RewardFnArgs,
+    /// Operands per arith problem (default: the run's, else 2).
+    #[arg(long)]
+    pub arith_terms: Option<usize>,
+    #[arg(long)]
+    pub arith_digits: Option<u32>,
+    #[arg(long)]
+    pub arith_ops: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -80,6 +87,9 @@ pub fn run(a: Args) -> Result<()> {
         max_turns: a.max_turns,
         env_timeout: a.env_timeout,
         max_new_tokens: a.max_new_tokens,
+        arith_terms: a.arith_terms,
+        arith_digits: a.arith_digits,
+        arith_ops: a.arith_ops.clone(),
         ..RunSettings::default()
     };
     let mut given = run_settings.unwrap_or_default().overlay(&flags);

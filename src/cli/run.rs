@@ -139,6 +139,9 @@ pub struct Args {
     pub arith_digits: Option<u32>,
     #[arg(long)]
     pub arith_ops: Option<String>,
+    /// Operands per arith problem (default 2); more chain them with a worked solution.
+    #[arg(long)]
+    pub arith_terms: Option<usize>,
     /// External multi-turn environment: a command speaking JSON lines on stdio
     /// (see examples/envs/README.md).
     #[arg(long)]
@@ -223,6 +226,7 @@ impl Args {
             reward_fn_style: self.reward.reward_fn_style.clone(),
             reward_workers: self.reward.reward_workers,
             reward_timeout: self.reward.reward_timeout,
+            arith_terms: self.arith_terms,
         }
     }
 }
@@ -309,6 +313,21 @@ pub fn build_model<B: Backend>(s: &RunSettings, backend: B) -> Result<Built<B>> 
     } else {
         Some(TaskKind::parse(s.task.as_deref().unwrap_or("arith"))?)
     };
+    // `random:SHAPE`: a built-in shape with random weights and the demo's character
+    // vocabulary (what `engine sft --train-embeddings` pretrains from).
+    let random_shape = s.model.as_deref().and_then(|m| m.strip_prefix("random:"));
+    if let Some(shape) = random_shape {
+        let codec = CharCodec::new(arith::ALPHABET, arith::END);
+        let mut cfg = builtin(shape).ok_or_else(|| {
+            Error::invalid(format!(
+                "--model random:{shape}: no built-in shape of that name (tiny, base, qwen3-4b, ...)"
+            ))
+        })?;
+        cfg.vocab_size = codec.vocab();
+        cfg.eos_token_ids = codec.stop_ids().to_vec();
+        let model = Model::random(cfg, backend, s.seed.unwrap_or(0) ^ 0x0de0)?;
+        return Ok((model, Box::new(codec), None));
+    }
     match &s.model {
         None => {
             if let Some(kind) = kind.filter(|&k| k != TaskKind::Arith && k != TaskKind::Custom) {

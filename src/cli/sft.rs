@@ -23,6 +23,22 @@ pub struct Args {
     /// Examples (JSONL): {"prompt", "completion"}, {"messages"}, or {"text"} with --loss-on all.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// arith: generated problems with worked solutions instead of --data.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Generated training problems (--task arith; default 50,000).
+    #[arg(long)]
+    pub train_size: Option<usize>,
+    #[arg(long)]
+    pub arith_digits: Option<u32>,
+    #[arg(long)]
+    pub arith_ops: Option<String>,
+    /// Operands per arith problem (default 2).
+    #[arg(long)]
+    pub arith_terms: Option<usize>,
+    /// Held-out generated problems (greedy accuracy at each evaluation; default 200).
+    #[arg(long)]
+    pub eval_size: Option<usize>,
     /// Held-out examples: their mean cross-entropy every --eval-every steps.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
@@ -83,6 +99,7 @@ impl Args {
         SftSettings {
             model: self.model.clone(),
             device: self.device.clone(),
+            task: self.task.clone(),
             data: self.data.clone(),
             eval_data: self.eval_data.clone(),
             train_layer: self.train_layer.clone(),
@@ -101,6 +118,11 @@ impl Args {
             keep_checkpoints: self.keep_checkpoints,
             thinking: self.thinking.then_some(true),
             train_embeddings: self.train_embeddings.then_some(true),
+            train_size: self.train_size,
+            arith_digits: self.arith_digits,
+            arith_ops: self.arith_ops.clone(),
+            arith_terms: self.arith_terms,
+            eval_size: self.eval_size,
         }
     }
 }
@@ -147,14 +169,36 @@ impl BackendJob for SftJob {
         // The model and codec exactly as `engine run` builds them for a dataset task.
         let as_run = RunSettings {
             model: s.model.clone(),
-            task: Some("custom".into()),
+            task: Some(
+                if s.task.as_deref() == Some("arith") {
+                    "arith"
+                } else {
+                    "custom"
+                }
+                .into(),
+            ),
             seed: s.seed,
             thinking: s.thinking,
             ..RunSettings::default()
         };
         let (model, codec, _) = build_model(&as_run, backend)?;
+        if s.model.as_deref().is_some_and(|m| m.starts_with("random:")) {
+            // (see write_model_dir for the complete model written at the end)
+            // A model with no directory: its config.json beside trained.safetensors,
+            // so a run that trains every tensor is a complete checkpoint.
+            std::fs::create_dir_all(&self.out).map_err(|e| onelayer::Error::file(&self.out, e))?;
+            let path = self.out.join("config.json");
+            std::fs::write(&path, model.cfg.to_hf_json("float32"))
+                .map_err(|e| onelayer::Error::file(&path, e))?;
+        }
         eprintln!("run directory: {}", self.out.display());
+        let random = s.model.as_deref().is_some_and(|m| m.starts_with("random:"));
+        let every = s.train_layer.as_deref() == Some("all") && s.train_embeddings == Some(true);
+        let cfg = model.cfg.clone();
         let summary = run_sft(model, codec.as_ref(), s, &self.out, self.resume)?;
+        if random && every {
+            write_model_dir(&cfg, &self.out)?;
+        }
         let first = summary.losses.first().map(|r| r.1).unwrap_or(f64::NAN);
         let last = summary.losses.last().map(|r| r.1).unwrap_or(f64::NAN);
         eprintln!(
@@ -164,4 +208,28 @@ impl BackendJob for SftJob {
         );
         Ok(())
     }
+}
+
+/// A model pretrained from `random:SHAPE` with every tensor trained: `OUT/model/`
+/// holds it as an HF directory (config.json, model.safetensors in bf16), the form
+/// `assets/base/` commits (tools/make_base_model.sh).
+fn write_model_dir(cfg: &onelayer::config::ModelConfig, out: &std::path::Path) -> Result<()> {
+    use onelayer::weights::{encode, write_tensors, WeightFiles};
+    let dir = out.join("model");
+    std::fs::create_dir_all(&dir).map_err(|e| onelayer::Error::file(&dir, e))?;
+    let trained = WeightFiles::open_files(&[out.join("trained.safetensors")])?;
+    let mut names: Vec<String> = trained.names().map(str::to_string).collect();
+    names.sort();
+    let dtype = safetensors::Dtype::BF16;
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let info = trained.info(&name).expect("listed");
+        let values = trained.get_f32(&name, &info.shape)?;
+        tensors.push((name, dtype, info.shape, encode(&values, dtype)?));
+    }
+    write_tensors(&dir.join("model.safetensors"), &tensors)?;
+    let path = dir.join("config.json");
+    std::fs::write(&path, cfg.to_hf_json("bfloat16")).map_err(|e| onelayer::Error::file(&path, e))?;
+    eprintln!("wrote {} (the whole model, bf16)", dir.display());
+    Ok(())
 }

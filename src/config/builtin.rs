@@ -1,6 +1,7 @@
 //! Configurations of the released Qwen3 and Qwen2.5 models (docs/REFERENCES.md),
 //! for models with random weights (`engine bench`, `engine plan`) where no
-//! checkpoint is at hand, plus `tiny`, a small Qwen3-shaped model for the CPU.
+//! checkpoint is at hand, plus `tiny` and `base`, small Qwen3-shaped models for the
+//! CPU (4 and 8 layers of width 128).
 
 use super::{Family, ModelConfig};
 
@@ -20,6 +21,8 @@ type Row = (
 
 const SHAPES: &[Row] = &[
     ("tiny", Family::Qwen3, 4, 128, 384, 4, 2, 32, true, 512),
+    // The built-in pretrained base (assets/base, tools/make_base_model.sh).
+    ("base", Family::Qwen3, 8, 128, 384, 4, 2, 32, true, 512),
     (
         "qwen3-0.6b",
         Family::Qwen3,

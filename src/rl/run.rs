@@ -113,6 +113,7 @@ pub fn load_problems(s: &RunSettings) -> Result<(TaskKind, Vec<Problem>, Vec<Pro
         max_digits: s.arith_digits.unwrap_or(1),
         ops: s.arith_ops.clone().unwrap_or_else(|| "+".into()),
         allow_negative: false,
+        terms: s.arith_terms.unwrap_or(2),
     };
     let train = tasks::load(kind, s.data.as_deref(), &arith(seed, 10_000))?;
     if train.is_empty() {

@@ -86,6 +86,8 @@ pub struct RunSettings {
     pub reward_workers: Option<usize>,
     /// Seconds one call of the reward function may take.
     pub reward_timeout: Option<f64>,
+    /// Operands per problem of the arith task (2: `a+b=`; more: a worked chain).
+    pub arith_terms: Option<usize>,
 }
 
 macro_rules! overlay {
@@ -149,7 +151,8 @@ impl RunSettings {
             reward_fn,
             reward_fn_style,
             reward_workers,
-            reward_timeout
+            reward_timeout,
+            arith_terms
         );
         self
     }

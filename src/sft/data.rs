@@ -114,6 +114,33 @@ pub fn load(
     Ok(kept)
 }
 
+/// Examples of generated arith problems: the prompt as `engine run` shows it, the
+/// worked solution (`arith::worked`) and the end-of-answer token.
+pub fn arith_examples(
+    problems: &[crate::tasks::Problem],
+    codec: &dyn TextCodec,
+    max_seq_len: usize,
+) -> Result<Vec<Example>> {
+    let stop = codec.stop_ids().first().copied();
+    problems
+        .iter()
+        .filter_map(|p| {
+            let w = crate::tasks::arith::worked(&p.prompt)?;
+            let run = || -> Result<Option<Example>> {
+                let mut completion = codec.text_ids(&w)?;
+                completion.extend(stop);
+                Ok(example(
+                    codec.prompt_ids(&p.prompt)?,
+                    completion,
+                    LossOn::Completion,
+                    max_seq_len,
+                ))
+            };
+            run().transpose()
+        })
+        .collect()
+}
+
 /// The example of `prompt ++ completion` (None when no token carries the loss).
 fn example(
     prompt: Vec<u32>,

@@ -1,3 +1,7 @@
+//! Examples: `--data` JSONL (`data.rs`), or with `--task arith` the generated task's
+//! problems with their worked solutions, evaluated on the held-out set `engine run`
+//! uses for the same seed (greedy accuracy beside the loss).
+//!
 //! The SFT loop: each step takes `batch_size` examples (a seeded permutation per
 //! pass over the data, `sampling::step_problems`), one optimizer update of the
 //! trained layers on their token-mean cross-entropy (micro-batched by
@@ -14,7 +18,9 @@ use crate::backend::{Backend, LossConfig};
 use crate::codec::TextCodec;
 use crate::model::Model;
 use crate::plot::loss_svg;
-use crate::sampling::step_problems;
+use crate::sampling::{mix64, step_problems, SamplingParams};
+use crate::tasks::arith::{self, ArithOptions};
+use crate::tasks::{Rewarder, TaskKind};
 use crate::train::{
     checkpoint, AdamW, Algo, Optimizer, TrainConfig, TrainLayers, Trainer, INTERRUPTED,
 };
@@ -88,14 +94,50 @@ pub fn run_sft<B: Backend>(
     let max_len = positive("max-seq-len", s.max_seq_len)?;
     let steps = positive("steps", s.steps)?;
     let batch = positive("batch-size", s.batch_size)?;
-    let data_path = s
-        .data
-        .as_deref()
-        .ok_or_else(|| Error::invalid("--data: engine sft needs its examples (JSONL)"))?;
-    let train = data::load(data_path, codec, loss_on, max_len)?;
-    let eval = match &s.eval_data {
-        Some(p) => data::load(p, codec, loss_on, max_len)?,
-        None => Vec::new(),
+    let seed = s.seed.unwrap_or(0);
+    let (train, eval, eval_problems) = match (s.task.as_deref(), s.data.as_deref()) {
+        (Some("arith"), None) => {
+            let arith = |seed: u64, count: usize| ArithOptions {
+                seed,
+                count,
+                max_digits: s.arith_digits.unwrap_or(2),
+                ops: s.arith_ops.clone().unwrap_or_else(|| "+-".into()),
+                allow_negative: false,
+                terms: s.arith_terms.unwrap_or(2),
+            };
+            let train = arith::generate(&arith(seed, s.train_size.unwrap_or(50_000)))?;
+            // The held-out set `engine run` evaluates on for the same seed.
+            let held_out =
+                arith::generate(&arith(mix64(seed ^ 0xe7a1), s.eval_size.unwrap_or(200)))?;
+            (
+                data::arith_examples(&train, codec, max_len)?,
+                data::arith_examples(&held_out, codec, max_len)?,
+                held_out,
+            )
+        }
+        (Some("arith"), Some(p)) => {
+            return Err(Error::invalid(format!(
+                "--data {}: --task arith generates its examples",
+                p.display()
+            )))
+        }
+        (Some(t), _) => {
+            return Err(Error::invalid(format!(
+                "--task {t}: engine sft generates only arith; give --data FILE.jsonl"
+            )))
+        }
+        (None, Some(path)) => {
+            let eval = match &s.eval_data {
+                Some(p) => data::load(p, codec, loss_on, max_len)?,
+                None => Vec::new(),
+            };
+            (data::load(path, codec, loss_on, max_len)?, eval, Vec::new())
+        }
+        (None, None) => {
+            return Err(Error::invalid(
+                "--data: engine sft needs its examples (JSONL), or --task arith",
+            ))
+        }
     };
     let vocab = model.cfg.vocab_size;
     for (what, set) in [("--data", &train), ("--eval-data", &eval)] {
@@ -148,14 +190,43 @@ pub fn run_sft<B: Backend>(
         steps_done: start,
         ..SftSummary::default()
     };
-    let seed = s.seed.unwrap_or(0);
     let eval_every = s.eval_every.unwrap_or(0);
+    let eval_new = eval
+        .iter()
+        .map(|e| e.completion_ids.len())
+        .max()
+        .unwrap_or(1);
+    // Greedy accuracy of a generated task's held-out problems, with its loss.
+    let accuracy = |model: &Model<B>| -> Result<Option<f64>> {
+        if eval_problems.is_empty() {
+            return Ok(None);
+        }
+        let r = crate::rl::eval::evaluate(
+            model,
+            codec,
+            TaskKind::Arith,
+            &Rewarder::default(),
+            &eval_problems,
+            1,
+            eval_new,
+            SamplingParams::default(),
+            seed,
+        )?;
+        Ok(Some(r.accuracy))
+    };
     let run_start = Instant::now();
     if start == 0 && !eval.is_empty() && eval_every > 0 {
         let l = eval_loss(trainer.model(), &eval)?;
-        eprintln!("[   0/{steps}] eval loss {l:.4} (before training)");
-        writeln!(metrics, "{}", json!({"step": 0, "eval_loss": l}))
-            .map_err(|e| Error::file(&metrics_path, e))?;
+        let acc = accuracy(trainer.model())?;
+        eprintln!(
+            "[   0/{steps}] eval loss {l:.4}{} (before training)",
+            acc_note(acc)
+        );
+        let mut line = json!({"step": 0, "eval_loss": l});
+        if let Some(a) = acc {
+            line["eval_accuracy"] = json!(a);
+        }
+        writeln!(metrics, "{line}").map_err(|e| Error::file(&metrics_path, e))?;
         eval_curve.push((0, l));
         summary.evals.push((0, l));
     }
@@ -183,10 +254,14 @@ pub fn run_sft<B: Backend>(
         let mut note = String::new();
         if !eval.is_empty() && eval_every > 0 && (step % eval_every == 0 || step == steps) {
             let l = eval_loss(trainer.model(), &eval)?;
+            let acc = accuracy(trainer.model())?;
             line["eval_loss"] = json!(l);
+            if let Some(a) = acc {
+                line["eval_accuracy"] = json!(a);
+            }
             eval_curve.push((step, l));
             summary.evals.push((step, l));
-            note = format!(" eval loss {l:.4}");
+            note = format!(" eval loss {l:.4}{}", acc_note(acc));
         }
         writeln!(metrics, "{line}").map_err(|e| Error::file(&metrics_path, e))?;
         train_curve.push((step, stats.loss));
@@ -218,6 +293,10 @@ pub fn run_sft<B: Backend>(
     }
     crate::weights::write_f32(&out.join("trained.safetensors"), &trainer.trained_params()?)?;
     Ok(summary)
+}
+
+fn acc_note(acc: Option<f64>) -> String {
+    acc.map(|a| format!(" accuracy {a:.3}")).unwrap_or_default()
 }
 
 /// Mean cross-entropy per loss token of `examples` under the model's current weights.

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub struct SftSettings {
     pub model: Option<String>,
     pub device: Option<String>,
+    /// `arith`: examples generated with their worked solutions instead of `data`.
+    pub task: Option<String>,
     pub data: Option<PathBuf>,
     pub eval_data: Option<PathBuf>,
     pub train_layer: Option<String>,
@@ -33,6 +35,13 @@ pub struct SftSettings {
     pub thinking: Option<bool>,
     /// Also train the embedding, the LM head and the final norm (pretraining).
     pub train_embeddings: Option<bool>,
+    /// The arith task's generated training set: problems, digits, operators, terms.
+    pub train_size: Option<usize>,
+    pub arith_digits: Option<u32>,
+    pub arith_ops: Option<String>,
+    pub arith_terms: Option<usize>,
+    /// Held-out problems of a generated task (greedy accuracy at each evaluation).
+    pub eval_size: Option<usize>,
 }
 
 macro_rules! overlay {
@@ -48,6 +57,7 @@ impl SftSettings {
             top,
             model,
             device,
+            task,
             data,
             eval_data,
             train_layer,
@@ -65,7 +75,12 @@ impl SftSettings {
             save_every,
             keep_checkpoints,
             thinking,
-            train_embeddings
+            train_embeddings,
+            train_size,
+            arith_digits,
+            arith_ops,
+            arith_terms,
+            eval_size
         );
         self
     }
@@ -88,6 +103,11 @@ impl SftSettings {
             keep_checkpoints: Some(3),
             thinking: Some(false),
             train_embeddings: Some(false),
+            train_size: Some(50_000),
+            arith_digits: Some(2),
+            arith_ops: Some("+-".into()),
+            arith_terms: Some(2),
+            eval_size: Some(200),
             ..SftSettings::default()
         }
     }

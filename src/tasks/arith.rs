@@ -9,11 +9,19 @@
 //! the operator is uniform among `ops`; for `-` the operands are swapped when
 //! needed so the result is not negative (unless `allow_negative`).
 //!
+//! With `terms` > 2 (`--arith-terms`) a problem chains that many operands, evaluated
+//! left to right (`23+58-17=`); an operand that would take the running total below
+//! zero turns its `-` into `+` (unless `allow_negative`). Its worked solution
+//! (`worked`, what SFT trains on) rewrites the expression one operation at a time:
+//! `81-17=64`, and for four terms `81-17+5=64+5=69`.
+//!
 //! Prompt: exactly the expression, `"23+58="` (no chat template). Reference:
-//! the result, `"81"`. Reward: 1.0 when the completion, with surrounding
-//! whitespace removed, starts with the reference followed by a non-digit or
-//! the end (`"81"`, `" 81\n"`, `"81 because"` score 1; `"810"`, `"8"`, `"x81"`
-//! score 0), else 0.0. Only the leading number counts.
+//! the result, `"81"`. Reward: 1.0 when the answer of the completion equals the
+//! reference, else 0.0. The answer is, within the completion's first line with
+//! surrounding whitespace removed, the number after its last `=` (a worked
+//! solution's end), or its leading number when it has no `=`; the number must be
+//! followed by a non-digit or the end (`"81"`, `" 81\n"`, `"81 because"`,
+//! `"99-18=81"` score 1; `"810"`, `"8"`, `"x81"`, `"81=80"` score 0).
 //!
 //! `ALPHABET` is every character the task uses, `END` (a newline) included:
 //! the end-of-answer marker a character-level model emits after the number
@@ -41,6 +49,8 @@ pub struct ArithOptions {
     pub ops: String,
     /// Allow negative results of `-`.
     pub allow_negative: bool,
+    /// Operands per problem (2..=9), evaluated left to right.
+    pub terms: usize,
 }
 
 impl Default for ArithOptions {
@@ -51,6 +61,7 @@ impl Default for ArithOptions {
             max_digits: 2,
             ops: "+-".into(),
             allow_negative: false,
+            terms: 2,
         }
     }
 }
@@ -67,6 +78,12 @@ impl ArithOptions {
             return Err(Error::invalid(format!(
                 "arith task: operators must be a non-empty subset of \"+-\", got {:?}",
                 self.ops
+            )));
+        }
+        if !(2..=9).contains(&self.terms) {
+            return Err(Error::invalid(format!(
+                "arith task: terms must be in 2..=9, got {}",
+                self.terms
             )));
         }
         if self.count == 0 {
@@ -88,20 +105,78 @@ fn uniform(h: u64, lo: u64, hi: u64) -> u64 {
     lo + h % (hi - lo + 1)
 }
 
-/// Problem `i` of the task: `(a, op, b)`.
-fn operands(opts: &ArithOptions, i: usize) -> (i64, char, i64) {
+/// Problem `i` of the task: the first operand and each (operator, operand) after it.
+fn operands(opts: &ArithOptions, i: usize) -> (i64, Vec<(char, i64)>) {
     let ops: Vec<char> = opts.ops.chars().collect();
     let operand = |j: u64| {
         let d = uniform(draw(opts.seed, i, j), 1, opts.max_digits as u64) as u32;
         let lo = if d == 1 { 0 } else { 10u64.pow(d - 1) };
         uniform(draw(opts.seed, i, j + 1), lo, 10u64.pow(d) - 1) as i64
     };
+    let op = |j: u64| ops[uniform(draw(opts.seed, i, j), 0, ops.len() as u64 - 1) as usize];
+    // The first two as the two-term task has always drawn them (its problems stay).
     let (mut a, mut b) = (operand(0), operand(2));
-    let op = ops[uniform(draw(opts.seed, i, 4), 0, ops.len() as u64 - 1) as usize];
-    if op == '-' && !opts.allow_negative && a < b {
+    let first = op(4);
+    if first == '-' && !opts.allow_negative && a < b {
         std::mem::swap(&mut a, &mut b);
     }
-    (a, op, b)
+    let mut rest = vec![(first, b)];
+    let mut total = apply(a, first, b);
+    for k in 2..opts.terms as u64 {
+        let x = operand(10 * k);
+        let mut o = op(10 * k + 2);
+        if o == '-' && !opts.allow_negative && total < x {
+            o = '+';
+        }
+        total = apply(total, o, x);
+        rest.push((o, x));
+    }
+    (a, rest)
+}
+
+fn apply(a: i64, op: char, b: i64) -> i64 {
+    if op == '+' {
+        a + b
+    } else {
+        a - b
+    }
+}
+
+/// The worked solution of a prompt `"23+58-17="`: the expression rewritten one
+/// operation at a time, `"81-17=64"` (two terms: just the result). None when the
+/// prompt is not a chain of numbers, `+` and `-` ending in `=`.
+pub fn worked(prompt: &str) -> Option<String> {
+    let expr = prompt.strip_suffix('=')?;
+    let mut nums = Vec::new();
+    let mut ops = Vec::new();
+    let mut cur = String::new();
+    for c in expr.chars() {
+        match c {
+            '0'..='9' => cur.push(c),
+            '+' | '-' if !cur.is_empty() => {
+                nums.push(cur.parse::<i64>().ok()?);
+                ops.push(c);
+                cur.clear();
+            }
+            _ => return None,
+        }
+    }
+    nums.push(cur.parse::<i64>().ok()?);
+    if ops.is_empty() {
+        return None;
+    }
+    let mut total = nums[0];
+    let mut steps = Vec::new();
+    for (k, (&o, &x)) in ops.iter().zip(&nums[1..]).enumerate() {
+        total = apply(total, o, x);
+        let mut step = total.to_string();
+        for (&o2, &x2) in ops[k + 1..].iter().zip(&nums[k + 2..]) {
+            step.push(o2);
+            step.push_str(&x2.to_string());
+        }
+        steps.push(step);
+    }
+    Some(steps.join("="))
 }
 
 /// Generates `opts.count` problems.
@@ -109,11 +184,18 @@ pub fn generate(opts: &ArithOptions) -> Result<Vec<Problem>> {
     opts.validate()?;
     Ok((0..opts.count)
         .map(|i| {
-            let (a, op, b) = operands(opts, i);
-            let value = if op == '+' { a + b } else { a - b };
+            let (a, rest) = operands(opts, i);
+            let mut prompt = a.to_string();
+            let mut value = a;
+            for &(op, b) in &rest {
+                prompt.push(op);
+                prompt.push_str(&b.to_string());
+                value = apply(value, op, b);
+            }
+            prompt.push('=');
             Problem {
                 id: format!("arith-{}-{i}", opts.seed),
-                prompt: format!("{a}{op}{b}="),
+                prompt,
                 reference: value.to_string(),
                 code: None,
                 row: None,
@@ -122,10 +204,13 @@ pub fn generate(opts: &ArithOptions) -> Result<Vec<Problem>> {
         .collect())
 }
 
-/// 1.0 when the stripped completion starts with `reference` followed by a
-/// non-digit or the end.
+/// 1.0 when the completion's answer (module docs) is `reference`.
 pub fn reward(reference: &str, completion: &str) -> f64 {
-    let text = completion.trim();
+    let line = completion.trim().split(END).next().unwrap_or("").trim();
+    let text = match line.rsplit_once('=') {
+        Some((_, after)) => after.trim_start(),
+        None => line,
+    };
     match text.strip_prefix(reference) {
         Some(rest) if !reference.is_empty() && !rest.starts_with(|c: char| c.is_ascii_digit()) => {
             1.0
@@ -197,6 +282,41 @@ mod tests {
         assert_eq!(reward("81", ""), 0.0);
         assert_eq!(reward("-5", "-5\n"), 1.0);
         assert_eq!(reward("5", "-5"), 0.0);
+        // Worked solutions: the number after the last `=` of the first line.
+        assert_eq!(reward("64", "81-17=64\n"), 1.0);
+        assert_eq!(reward("69", "81-17+5=64+5=69"), 1.0);
+        assert_eq!(reward("64", "81-17=63"), 0.0);
+        assert_eq!(reward("81", "81=80"), 0.0);
+        assert_eq!(reward("64", "81-17=6\n64"), 0.0, "only the first line");
+    }
+
+    #[test]
+    fn chains_and_their_worked_solutions() {
+        assert_eq!(worked("23+58-17=").unwrap(), "81-17=64");
+        assert_eq!(worked("23+58-17+5=").unwrap(), "81-17+5=64+5=69");
+        assert_eq!(worked("7-3=").unwrap(), "4");
+        assert!(worked("7=").is_none() && worked("7*3=").is_none() && worked("-7+3=").is_none());
+        let two = ArithOptions {
+            seed: 3,
+            count: 300,
+            ..Default::default()
+        };
+        let three = ArithOptions {
+            terms: 3,
+            ..two.clone()
+        };
+        let (a, b) = (generate(&two).unwrap(), generate(&three).unwrap());
+        for (p2, p3) in a.iter().zip(&b) {
+            // The first two operands are the two-term problem's.
+            assert!(p3.prompt.starts_with(p2.prompt.strip_suffix('=').unwrap()));
+            let w = worked(&p3.prompt).unwrap();
+            assert_eq!(reward(&p3.reference, &w), 1.0, "{} {w}", p3.prompt);
+            assert!(p3.reference.parse::<i64>().unwrap() >= 0);
+            assert!(w.chars().all(|c| ALPHABET.contains(c)));
+            let ops = p3.prompt.matches(['+', '-']).count();
+            assert_eq!(ops, 2, "{}", p3.prompt);
+        }
+        assert!(generate(&ArithOptions { terms: 1, ..two }).is_err());
     }
 
     #[test]
