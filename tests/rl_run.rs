@@ -24,34 +24,41 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The default demo, shortened to 50 steps: held-out greedy accuracy from near
-/// chance to clearly learned, and the training reward rises.
+/// The default demo (RL on the built-in pretrained base), shortened to 60 steps:
+/// the base scores as its card says (0.28 held-out greedy accuracy, assets/base) and
+/// training its middle layer raises the held-out accuracy clearly.
 #[test]
 fn demo_learns() {
     let dir = tmp("demo");
     let d = dir.to_str().unwrap();
-    run_ok(&["run", "--device", "cpu", "--steps", "50", "--out", d]);
+    run_ok(&[
+        "run",
+        "--device",
+        "cpu",
+        "--steps",
+        "60",
+        "--eval-every",
+        "30",
+        "--out",
+        d,
+    ]);
     let m = metrics(&dir);
     let base = m[0]["eval_accuracy"].as_f64().unwrap();
     let last = m.last().unwrap()["eval_accuracy"].as_f64().unwrap();
-    assert!(base <= 0.2, "the untrained model already scores {base}");
     assert!(
-        last >= 0.7,
+        (0.25..=0.31).contains(&base),
+        "the base model scores {base}, its card says 0.28"
+    );
+    assert!(
+        last >= base + 0.08,
         "eval accuracy only reached {last} (from {base})"
     );
-    let reward = |r: std::ops::Range<usize>| {
-        r.clone()
-            .map(|i| m[i]["reward_mean"].as_f64().unwrap())
-            .sum::<f64>()
-            / r.len() as f64
-    };
-    let (first, final_) = (reward(1..6), reward(m.len() - 5..m.len()));
-    assert!(final_ > first + 0.2, "training reward {first} -> {final_}");
     for f in [
         "config.toml",
         "reward.svg",
         "trained.safetensors",
         "checkpoints/step-000050/meta.json",
+        "checkpoints/step-000060/meta.json",
     ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
@@ -99,8 +106,8 @@ fn resume_equals_uninterrupted() {
     let _ = std::fs::remove_dir_all(&b);
 }
 
-/// The demo with a KV cache far below what a step needs (16 positions, one block:
-/// one sequence at a time where the step's 32 need 32 blocks) trains exactly the
+/// The demo with a KV cache far below what a step needs (32 positions, two blocks:
+/// one sequence at a time where the step's 32 need 64 blocks) trains exactly the
 /// weights of the unconstrained run.
 #[test]
 fn a_small_kv_cache_trains_the_same_weights() {
@@ -110,8 +117,6 @@ fn a_small_kv_cache_trains_the_same_weights() {
         "--steps",
         "4",
         "--prompts-per-step",
-        "4",
-        "--max-new-tokens",
         "4",
         "--eval-every",
         "0",
@@ -126,7 +131,7 @@ fn a_small_kv_cache_trains_the_same_weights() {
         "--out",
         b.to_str().unwrap(),
         "--kv-cache-tokens",
-        "16",
+        "32",
     ];
     args.extend(common);
     run_ok(&args);

@@ -38,9 +38,32 @@ fn one_line_error(args: &[&str], want: &str) {
     );
 }
 
-/// The reduced demo sweep's flags: 10 steps of 16 x 8 samples, 40 held-out problems.
+/// The reduced sweep's flags: the tiny random model (4 layers) on one-digit
+/// subtractions answered in one token (the sweep's mechanics, fast), 10 steps of
+/// 16 x 8 samples, 40 held-out problems.
 const SWEEP: &[&str] = &[
-    "sweep", "--device", "cpu", "--steps", "10", "--layers", "1,2",
+    "sweep",
+    "--device",
+    "cpu",
+    "--steps",
+    "10",
+    "--layers",
+    "1,2",
+    "--model",
+    "random:tiny",
+];
+/// The task of every run (also given to the runs that train a sweep's picks).
+const TASK: &[&str] = &[
+    "--arith-terms",
+    "2",
+    "--arith-digits",
+    "1",
+    "--arith-ops",
+    "-",
+    "--max-new-tokens",
+    "1",
+    "--lr",
+    "3e-3",
 ];
 const RUN_FLAGS: &[&str] = &["--", "--eval-size", "40", "--eval-every", "10"];
 
@@ -49,6 +72,15 @@ fn sweep_args<'a>(out: &'a str, layers: &'a str) -> Vec<&'a str> {
     v[6] = layers;
     v.extend(["--out", out]);
     v.extend(RUN_FLAGS);
+    v.extend(TASK);
+    v
+}
+
+/// `engine run` flags of a run on the reduced sweep's model and task.
+fn tiny_run<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = args.to_vec();
+    v.extend(["--model", "random:tiny"]);
+    v.extend(TASK);
     v
 }
 
@@ -147,7 +179,7 @@ fn sweep_resume_and_top_k() {
     // Train the best layer of the two; with --lr-by-contribution it keeps --lr.
     let json = dir.join("sweep.json");
     let run_dir = dir.join("top1");
-    let (_, err) = run_ok(&[
+    let (_, err) = run_ok(&tiny_run(&[
         "run",
         "--device",
         "cpu",
@@ -162,13 +194,13 @@ fn sweep_resume_and_top_k() {
         "--lr-by-contribution",
         "--out",
         run_dir.to_str().unwrap(),
-    ]);
+    ]));
     let best = s.best_layers[0];
     assert!(err.contains(&format!("layers [{best}]")), "{err}");
     assert!(err.contains(&format!("{best}: x1.000")), "{err}");
     let names = trained_layers(&run_dir);
     assert_eq!(names, vec![best]);
-    let (_, err) = run_ok(&[
+    let (_, err) = run_ok(&tiny_run(&[
         "run",
         "--device",
         "cpu",
@@ -182,11 +214,11 @@ fn sweep_resume_and_top_k() {
         d,
         "--out",
         run_dir.join("two").to_str().unwrap(),
-    ]);
+    ]));
     assert!(err.contains("top-2"), "{err}");
     assert_eq!(trained_layers(&run_dir.join("two")), vec![1, 2]);
     one_line_error(
-        &[
+        &tiny_run(&[
             "run",
             "--train-layer",
             "top-3",
@@ -194,7 +226,7 @@ fn sweep_resume_and_top_k() {
             d,
             "--out",
             d,
-        ],
+        ]),
         "top-3",
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -309,18 +341,30 @@ fn seeded_sweep_writes_intervals() {
     assert_eq!(s.seeds, vec![5, 6]);
     assert!(s.interval.as_deref().unwrap().contains("t-interval"));
     for name in ["full-s5", "full-s6", "layer-01-s5", "layer-02-s6"] {
-        assert!(dir.join("runs").join(name).join("sweep-result.json").exists(), "{name}");
+        assert!(
+            dir.join("runs")
+                .join(name)
+                .join("sweep-result.json")
+                .exists(),
+            "{name}"
+        );
     }
     assert_eq!(s.full.seeds.len(), 2);
     let mean_base = s.full.seeds.iter().map(|r| r.base).sum::<f64>() / 2.0;
-    close(s.score_base, mean_base, "base is the mean of the seeds' bases");
+    close(
+        s.score_base,
+        mean_base,
+        "base is the mean of the seeds' bases",
+    );
     for e in &s.layers {
         assert_eq!(e.seeds.len(), 2);
         let mean = e.seeds.iter().map(|r| r.score).sum::<f64>() / 2.0;
         close(e.score, mean, "score is the mean");
         let cs: Vec<f64> = e.seeds.iter().filter_map(|r| r.contribution).collect();
         if cs.len() == 2 {
-            let [lo, hi] = e.contribution_ci95.expect("two defined seeds give an interval");
+            let [lo, hi] = e
+                .contribution_ci95
+                .expect("two defined seeds give an interval");
             let m = e.contribution.unwrap();
             close(m, (cs[0] + cs[1]) / 2.0, "C is the mean");
             assert!(lo <= m && m <= hi);
@@ -330,10 +374,19 @@ fn seeded_sweep_writes_intervals() {
         }
     }
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(md.contains("95% interval") && md.contains("distinguishable from the best"), "{md}");
+    assert!(
+        md.contains("95% interval") && md.contains("distinguishable from the best"),
+        "{md}"
+    );
     let csv = std::fs::read_to_string(dir.join("sweep.csv")).unwrap();
-    assert!(csv.lines().next().unwrap().ends_with("distinguishable_from_best,seeds"));
-    assert!(std::fs::read_to_string(dir.join("contribution.svg")).unwrap().contains("2 seeds"));
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with("distinguishable_from_best,seeds"));
+    assert!(std::fs::read_to_string(dir.join("contribution.svg"))
+        .unwrap()
+        .contains("2 seeds"));
     // --seed after -- is the sweep's own with --seeds.
     let mut bad = sweep_args(d, "1");
     bad.splice(1..1, ["--seeds", "2"]);
@@ -359,7 +412,11 @@ fn compare_of_seeded_sweeps_has_an_interval() {
             .map(|l| {
                 let cs: Vec<f64> = (0..3).map(|k| l as f64 * 0.2 + shift * k as f64).collect();
                 Entry {
-                    seeds: cs.iter().enumerate().map(|(k, &c)| run(k as u64, c)).collect(),
+                    seeds: cs
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &c)| run(k as u64, c))
+                        .collect(),
                     ..entry(Some(l), cs[1], Some(cs[1]))
                 }
             })
@@ -446,7 +503,19 @@ fn bad_input_is_one_line() {
         ],
         "missing.json",
     );
-    one_line_error(&["sweep", "--layers", "7", "--out", d], "--layers");
+    one_line_error(&["sweep", "--layers", "8", "--out", d], "--layers");
+    one_line_error(
+        &[
+            "sweep",
+            "--model",
+            "random:tiny",
+            "--layers",
+            "4",
+            "--out",
+            d,
+        ],
+        "--layers",
+    );
     one_line_error(
         &["sweep", "--out", d, "--", "--train-layer", "2"],
         "--train-layer",

@@ -97,7 +97,12 @@ pub fn run(a: Args) -> Result<()> {
     if given.task.is_none() && given.reward_fn.is_some() && a.data.is_some() {
         given.task = Some("custom".into());
     }
-    let mut s = RunSettings::defaults(given.model.is_none()).overlay(&given);
+    let demo = onelayer::rl::settings::is_demo_model(given.model.as_deref());
+    let mut defaults = RunSettings::defaults(demo);
+    if demo && onelayer::env::is_env_task(given.task.as_deref(), given.env.as_deref()) {
+        defaults = defaults.overlay(&RunSettings::env_demo());
+    }
+    let mut s = defaults.overlay(&given);
     // Evaluate --data (or, for arith, the generated held-out set) as the eval set.
     s.eval_data = a.data.clone();
     s.data = None;
@@ -207,7 +212,11 @@ impl Job {
         let mut s = self.s.clone();
         s.eval_size = Some(self.a.limit.unwrap_or(200));
         let (model, codec, layers) = self.model(&s, backend)?;
-        let mut work = Work::open(&s, codec.as_ref(), s.model.is_none())?;
+        let mut work = Work::open(
+            &s,
+            codec.as_ref(),
+            onelayer::rl::settings::is_demo_model(s.model.as_deref()),
+        )?;
         let r = work
             .evaluate(
                 &model,

@@ -240,8 +240,13 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut given = file.overlay(&flags);
     super::reward::infer_task(&mut given);
-    let demo = given.model.is_none();
-    let settings = RunSettings::defaults(demo).overlay(&given);
+    let demo = onelayer::rl::settings::is_demo_model(given.model.as_deref());
+    let mut defaults = RunSettings::defaults(demo);
+    if demo && onelayer::env::is_env_task(given.task.as_deref(), given.env.as_deref()) {
+        // The multi-turn demo: the tiny random model, one-character actions.
+        defaults = defaults.overlay(&RunSettings::env_demo());
+    }
+    let settings = defaults.overlay(&given);
     if let Some(path) = &a.rollouts {
         return from_rollouts(&settings, path, a.out.as_deref());
     }
@@ -328,6 +333,16 @@ pub fn build_model<B: Backend>(s: &RunSettings, backend: B) -> Result<Built<B>> 
         let model = Model::random(cfg, backend, s.seed.unwrap_or(0) ^ 0x0de0)?;
         return Ok((model, Box::new(codec), None));
     }
+    if s.model.is_none() && multi_turn {
+        // The multi-turn demo learns from scratch on the tiny shape (random weights).
+        return build_model(
+            &RunSettings {
+                model: Some("random:tiny".into()),
+                ..s.clone()
+            },
+            backend,
+        );
+    }
     match &s.model {
         None => {
             if let Some(kind) = kind.filter(|&k| k != TaskKind::Arith && k != TaskKind::Custom) {
@@ -335,11 +350,14 @@ pub fn build_model<B: Backend>(s: &RunSettings, backend: B) -> Result<Built<B>> 
                     "--task {kind}: the built-in demo model only speaks the arith task (and custom rows in its alphabet) and the guess environment; give --model"
                 )));
             }
+            // The built-in pretrained base (onelayer::model::base, assets/base).
             let codec = CharCodec::new(arith::ALPHABET, arith::END);
-            let mut cfg = builtin("tiny").expect("the tiny shape is built in");
-            cfg.vocab_size = codec.vocab();
-            cfg.eos_token_ids = codec.stop_ids().to_vec();
-            let model = Model::random(cfg, backend, s.seed.unwrap_or(0) ^ 0x0de0)?;
+            let model = Model::load(&onelayer::model::base::base_dir()?, backend)?;
+            if model.cfg.vocab_size != codec.vocab() {
+                return Err(Error::invalid(
+                    "the built-in base model does not match the arith alphabet (rebuild assets/base)",
+                ));
+            }
             Ok((model, Box::new(codec), None))
         }
         Some(name) => {
@@ -433,7 +451,7 @@ impl BackendJob for RlJob {
                 (None, t) => format!("the {} task", t.unwrap_or("arith")),
             };
             eprintln!(
-                "demo: the built-in tiny Qwen3-architecture model ({} layers, random weights, character vocabulary) on {task}",
+                "demo: RL post-training of the built-in pretrained base (a Qwen3-architecture model of {} layers, character vocabulary; assets/base/README.md) on {task}",
                 model.cfg.num_hidden_layers
             );
         }

@@ -134,7 +134,10 @@ pub fn run(a: Args) -> Result<()> {
         (None, None) => SftSettings::default(),
     };
     let given = file.overlay(&a.flags());
-    let settings = SftSettings::defaults(given.model.is_none()).overlay(&given);
+    let settings = SftSettings::defaults(onelayer::rl::settings::is_demo_model(
+        given.model.as_deref(),
+    ))
+    .overlay(&given);
     let out = match (&a.resume, &a.out) {
         (Some(dir), _) => dir.clone(),
         (None, Some(o)) => o.clone(),
@@ -229,7 +232,8 @@ fn write_model_dir(cfg: &onelayer::config::ModelConfig, out: &std::path::Path) -
     }
     write_tensors(&dir.join("model.safetensors"), &tensors)?;
     let path = dir.join("config.json");
-    std::fs::write(&path, cfg.to_hf_json("bfloat16")).map_err(|e| onelayer::Error::file(&path, e))?;
+    std::fs::write(&path, cfg.to_hf_json("bfloat16"))
+        .map_err(|e| onelayer::Error::file(&path, e))?;
     eprintln!("wrote {} (the whole model, bf16)", dir.display());
     Ok(())
 }

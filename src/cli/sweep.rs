@@ -221,9 +221,13 @@ fn devices(a: &SweepArgs) -> Result<Vec<String>> {
 
 fn num_layers(model: Option<&str>) -> Result<usize> {
     match model {
-        None => Ok(builtin("tiny")
-            .expect("the tiny shape is built in")
-            .num_hidden_layers),
+        None => Ok(ModelConfig::from_file(
+            &onelayer::model::base::base_dir()?.join("config.json"),
+        )?
+        .num_hidden_layers),
+        Some(m) if m.starts_with("random:") => builtin(&m["random:".len()..])
+            .map(|c| c.num_hidden_layers)
+            .ok_or_else(|| Error::invalid(format!("--model {m}: no built-in shape of that name"))),
         Some(m) => {
             Ok(ModelConfig::from_file(&resolve_model(m)?.join("config.json"))?.num_hidden_layers)
         }
@@ -330,7 +334,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     }
     let mut sweep = Sweep {
         version: 1,
-        model: a.model.clone().unwrap_or_else(|| "builtin:tiny".into()),
+        model: a.model.clone().unwrap_or_else(|| "builtin:base".into()),
         task: settings["task"].as_str().unwrap_or("arith").to_string(),
         num_layers: n,
         metric: "eval_accuracy".into(),

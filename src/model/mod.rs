@@ -5,6 +5,7 @@
 //! states into per-token log-probs or next-token logits, chunked over rows so the
 //! full `[tokens, vocab]` logits never exist at once.
 
+pub mod base;
 mod batch;
 pub mod forward;
 mod kv_cache;

@@ -143,7 +143,7 @@ pub fn run_rl<B: Backend>(
     resume: bool,
 ) -> Result<RunSummary> {
     let s = settings;
-    let mut work = Work::open(s, codec, s.model.is_none())?;
+    let mut work = Work::open(s, codec, super::settings::is_demo_model(s.model.as_deref()))?;
     let train_cfg = train_config(s)?;
     let algo = train_cfg.algo;
     let steps = positive("steps", s.steps)?;

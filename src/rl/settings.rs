@@ -2,11 +2,16 @@
 //! command-line flags (each layer overrides the one before). The resolved settings
 //! are written to `OUT/config.toml`, which `--resume` reads back.
 //!
-//! With no `--model`, the run is the built-in demo: the tiny Qwen3-architecture model
-//! (random weights, a character vocabulary) on the `arith` task on the CPU, training
-//! its middle layer with demo-sized defaults: one-digit subtractions (`7-3=`, whose
-//! answers are one character, so a one-token completion is scored and chance is
-//! about 1/15), learning rate 3e-3, 200 steps of 16 prompts x 8 samples.
+//! With no `--model`, the run is the built-in demo: RL post-training of the built-in
+//! pretrained base (`crate::model::base`: 8 layers, character vocabulary, pretrained
+//! by tools/make_base_model.sh to a held-out greedy accuracy of 0.28) on its task,
+//! three-term additions and subtractions of numbers below 100 with a worked solution
+//! (`23+58-17=` -> `81-17=64`, 12 new tokens at most), training its middle layer
+//! (4) with GRPO: learning rate 1e-3, 200 steps of 16 prompts x 8 samples, held-out
+//! accuracy on 200 problems every 25 steps. The same defaults apply to `--model
+//! random:SHAPE` (a built-in shape with random weights and that vocabulary). The
+//! multi-turn demo (`--task guess`, `--env CMD`) keeps the tiny random model with
+//! one-character actions (`RunSettings::env_demo`).
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -160,20 +165,21 @@ impl RunSettings {
     /// The defaults: the demo's when no model is given, else those of DESIGN
     /// section 5 (verl's actor defaults).
     pub fn defaults(demo: bool) -> Self {
+        // `demo`: no --model (the built-in base) or `random:SHAPE`.
         RunSettings {
             device: Some("auto".into()),
             task: Some(if demo { "arith" } else { "gsm8k" }.into()),
             steps: Some(200),
             prompts_per_step: Some(if demo { 16 } else { 8 }),
             group_size: Some(8),
-            max_new_tokens: Some(if demo { 1 } else { 512 }),
+            max_new_tokens: Some(if demo { 12 } else { 512 }),
             temperature: Some(1.0),
             top_p: Some(1.0),
             top_k: Some(0),
             seed: Some(0),
             algo: Some("grpo".into()),
             optimizer: Some("adamw".into()),
-            lr: Some(if demo { 3e-3 } else { 1e-6 }),
+            lr: Some(if demo { 1e-3 } else { 1e-6 }),
             weight_decay: Some(if demo { 0.0 } else { 0.01 }),
             grad_clip: Some(1.0),
             ppo_epochs: Some(1),
@@ -184,19 +190,31 @@ impl RunSettings {
             kl_type: Some("k3".into()),
             entropy_coef: Some(0.0),
             eval_every: Some(if demo { 25 } else { 50 }),
-            eval_size: Some(if demo { 100 } else { 200 }),
+            eval_size: Some(200),
             save_every: Some(50),
             keep_checkpoints: Some(3),
             max_bad_steps: Some(5),
             thinking: Some(false),
-            arith_digits: Some(1),
-            arith_ops: Some(if demo { "-" } else { "+-" }.into()),
+            arith_digits: Some(if demo { 2 } else { 1 }),
+            arith_ops: Some("+-".into()),
+            arith_terms: Some(if demo { 3 } else { 2 }),
             max_turns: Some(4),
             env_timeout: Some(crate::env::DEFAULT_TIMEOUT_SECS),
             gigpo_step_weight: Some(1.0),
             gamma: Some(0.95),
             gigpo_mode: Some("mean_norm".into()),
             lr_by_contribution: Some(false),
+            ..RunSettings::default()
+        }
+    }
+
+    /// What the multi-turn demo (`--task guess` or `--env` without `--model`) changes:
+    /// the tiny random model answers in one character at learning rate 3e-3.
+    pub fn env_demo() -> Self {
+        RunSettings {
+            max_new_tokens: Some(1),
+            lr: Some(3e-3),
+            eval_size: Some(100),
             ..RunSettings::default()
         }
     }
@@ -218,6 +236,12 @@ impl RunSettings {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("settings serialise to TOML")
     }
+}
+
+/// Whether a run's `--model` is the built-in demo's kind (none: the built-in base;
+/// `random:SHAPE`), whose defaults and character vocabulary differ.
+pub fn is_demo_model(model: Option<&str>) -> bool {
+    model.is_none_or(|m| m.starts_with("random:"))
 }
 
 #[cfg(test)]

@@ -245,7 +245,11 @@ mod tests {
         ];
         let svg = bars_svg("t", "C", &labels, &s, Some((1.0, "full")));
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert_eq!(svg.matches("<title>").count(), 6, "five bars, one error bar");
+        assert_eq!(
+            svg.matches("<title>").count(),
+            6,
+            "five bars, one error bar"
+        );
         assert!(svg.contains("95% interval 0.3000 .. 0.7000"));
         assert!(svg.contains("a&lt;b") && svg.contains("stroke-dasharray"));
         // Ticks at multiples of 0.5 from -0.5 to 1.5.

@@ -77,7 +77,7 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sweep {
     pub version: u32,
-    /// `--model` as given, or `builtin:tiny` for the demo model.
+    /// `--model` as given, or `builtin:base` for the built-in base.
     pub model: String,
     pub task: String,
     pub num_layers: usize,
