@@ -7,8 +7,11 @@
 //! by tools/make_base_model.sh to a held-out greedy accuracy of 0.28) on its task,
 //! three-term additions and subtractions of numbers below 100 with a worked solution
 //! (`23+58-17=` -> `81-17=64`, 12 new tokens at most), training its middle layer
-//! (4) with GRPO: learning rate 1e-3, 200 steps of 16 prompts x 8 samples, held-out
-//! accuracy on 200 problems every 25 steps. The same defaults apply to `--model
+//! (4) with GRPO: learning rate 3e-4, 150 steps of 8 prompts x 8 samples, held-out
+//! accuracy on 200 problems every 25 steps. These are also the settings of every run
+//! of the demo's layer sweep (docs/study.md): at 1e-3 the full-parameter baseline
+//! collapses (held-out accuracy 0.28 -> 0.005 in 200 steps, measured), at 3e-4 it
+//! improves. The same defaults apply to `--model
 //! random:SHAPE` (a built-in shape with random weights and that vocabulary). The
 //! multi-turn demo (`--task guess`, `--env CMD`) keeps the tiny random model with
 //! one-character actions (`RunSettings::env_demo`).
@@ -169,8 +172,8 @@ impl RunSettings {
         RunSettings {
             device: Some("auto".into()),
             task: Some(if demo { "arith" } else { "gsm8k" }.into()),
-            steps: Some(200),
-            prompts_per_step: Some(if demo { 16 } else { 8 }),
+            steps: Some(if demo { 150 } else { 200 }),
+            prompts_per_step: Some(8),
             group_size: Some(8),
             max_new_tokens: Some(if demo { 12 } else { 512 }),
             temperature: Some(1.0),
@@ -179,7 +182,7 @@ impl RunSettings {
             seed: Some(0),
             algo: Some("grpo".into()),
             optimizer: Some("adamw".into()),
-            lr: Some(if demo { 1e-3 } else { 1e-6 }),
+            lr: Some(if demo { 3e-4 } else { 1e-6 }),
             weight_decay: Some(if demo { 0.0 } else { 0.01 }),
             grad_clip: Some(1.0),
             ppo_epochs: Some(1),
@@ -214,6 +217,8 @@ impl RunSettings {
         RunSettings {
             max_new_tokens: Some(1),
             lr: Some(3e-3),
+            steps: Some(200),
+            prompts_per_step: Some(16),
             eval_size: Some(100),
             ..RunSettings::default()
         }
