@@ -450,8 +450,13 @@ impl BackendJob for RlJob {
                 (None, Some("guess")) => "the guess environment".into(),
                 (None, t) => format!("the {} task", t.unwrap_or("arith")),
             };
+            let which = if onelayer::env::is_env_task(s.task.as_deref(), s.env.as_deref()) {
+                "the built-in tiny model (random weights, character vocabulary)"
+            } else {
+                "RL post-training of the built-in pretrained base (character vocabulary; assets/base/README.md)"
+            };
             eprintln!(
-                "demo: RL post-training of the built-in pretrained base (a Qwen3-architecture model of {} layers, character vocabulary; assets/base/README.md) on {task}",
+                "demo: {which}, a Qwen3-architecture model of {} layers, on {task}",
                 model.cfg.num_hidden_layers
             );
         }
