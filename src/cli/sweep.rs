@@ -415,7 +415,7 @@ fn summary(s: &Sweep, dir: &Path) {
         if s.contribution_defined {
             ""
         } else {
-            " (C undefined: the full run did not change the score)"
+            " (C undefined: the full run did not improve on the base)"
         }
     );
     for e in &s.layers {

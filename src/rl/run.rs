@@ -123,7 +123,7 @@ pub fn load_problems(s: &RunSettings) -> Result<(TaskKind, Vec<Problem>, Vec<Pro
     let eval = match (&s.eval_data, kind) {
         (Some(p), _) => tasks::load(kind, Some(p), &arith(seed, 0))?,
         (None, TaskKind::Arith) => {
-            tasks::load(kind, None, &arith(mix64(seed ^ 0xe7a1), eval_size))?
+            tasks::load(kind, None, &arith(tasks::arith::HELD_OUT_SEED, eval_size))?
         }
         (None, _) => Vec::new(),
     };

@@ -18,7 +18,7 @@ use crate::backend::{Backend, LossConfig};
 use crate::codec::TextCodec;
 use crate::model::Model;
 use crate::plot::loss_svg;
-use crate::sampling::{mix64, step_problems, SamplingParams};
+use crate::sampling::{step_problems, SamplingParams};
 use crate::tasks::arith::{self, ArithOptions};
 use crate::tasks::{Rewarder, TaskKind};
 use crate::train::{
@@ -108,7 +108,7 @@ pub fn run_sft<B: Backend>(
             let train = arith::generate(&arith(seed, s.train_size.unwrap_or(50_000)))?;
             // The held-out set `engine run` evaluates on for the same seed.
             let held_out =
-                arith::generate(&arith(mix64(seed ^ 0xe7a1), s.eval_size.unwrap_or(200)))?;
+                arith::generate(&arith(arith::HELD_OUT_SEED, s.eval_size.unwrap_or(200)))?;
             (
                 data::arith_examples(&train, codec, max_len)?,
                 data::arith_examples(&held_out, codec, max_len)?,

@@ -11,8 +11,9 @@
 //!
 //! Scores are the final held-out `eval_accuracy` of each run's metrics.jsonl; the
 //! base score is the step-0 evaluation (the model before training) of the full run.
-//! When `score_full == score_base`, C is undefined: every contribution is `null`
-//! and `contribution_defined` is false.
+//! When `score_full <= score_base` (the full run gained nothing), C is undefined:
+//! every contribution is `null` and `contribution_defined` is false; in a seeded
+//! sweep that holds per seed, and the means and intervals use the seeds that define C.
 //!
 //! `--seeds K` repeats the whole sweep over K seeds (`finish_seeded`, `stats`): each
 //! entry then holds its per-seed runs, its mean C (what selection uses), the spread
@@ -119,10 +120,12 @@ impl Sweep {
     }
 }
 
-/// C for a run scoring `score`; `None` when the full run did not move the score.
+/// C for a run scoring `score`; `None` unless the full run improved on the base (a
+/// share of a loss, or of no change, means nothing: with full < base every C would
+/// flip its sign).
 pub fn contribution(score: f64, base: f64, full: f64) -> Option<f64> {
     let gain = full - base;
-    (gain.abs() > 1e-12 && gain.is_finite()).then(|| (score - base) / gain)
+    (gain > 1e-12 && gain.is_finite()).then(|| (score - base) / gain)
 }
 
 /// Layers by `key` (contribution, else score), highest first, ties by layer index.
@@ -294,6 +297,11 @@ mod tests {
 
     #[test]
     fn undefined_when_full_equals_base() {
+        let worse = sweep(0.3, 0.2, &[(0, 0.1), (1, 0.4)]);
+        assert!(
+            !worse.contribution_defined,
+            "a full run below the base defines no C"
+        );
         let s = sweep(0.3, 0.3, &[(0, 0.1), (1, 0.4)]);
         assert!(!s.contribution_defined);
         assert_eq!(s.full.contribution, None);

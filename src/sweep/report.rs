@@ -86,10 +86,10 @@ pub fn markdown(s: &Sweep, sweep_json: &str, chart: &str) -> String {
     if !s.contribution_defined {
         let _ = writeln!(
             md,
-            "**C_l is undefined**: the full-parameter run scored {:.4}, the same as the \
-             base model, so there is no gain to share out. The table and the chart show \
-             the scores; the layers are ranked by score.\n",
-            s.score_full
+            "**C_l is undefined**: the full-parameter run scored {:.4} against the base \
+             model's {:.4}, no gain to share out. The table and the chart show the \
+             scores; the layers are ranked by score.\n",
+            s.score_full, s.score_base
         );
     }
     if s.seeds.len() > 1 {
@@ -113,6 +113,28 @@ fn seeded_table(md: &mut String, s: &Sweep) {
         s.seeds,
         s.interval.as_deref().unwrap_or("95% t-interval")
     );
+    let (def, undef): (Vec<_>, Vec<_>) =
+        s.full.seeds.iter().partition(|r| r.contribution.is_some());
+    if !undef.is_empty() {
+        let list = |v: &[&super::SeedRun]| {
+            v.iter()
+                .map(|r| format!("{} (full {:.4}, base {:.4})", r.seed, r.score, r.base))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            md,
+            "C is defined only where the full run improved on its base: seeds {}; not for \
+             seeds {}, which the means and intervals of C leave out (their scores are in \
+             the score means).\n",
+            if def.is_empty() {
+                "none".into()
+            } else {
+                list(&def)
+            },
+            list(&undef)
+        );
+    }
     md.push_str("| layer | score (mean) | C_l (mean) | sd | 95% interval | distinguishable from the best |\n");
     md.push_str("|---|---|---|---|---|---|\n");
     let _ = writeln!(md, "| base | {:.4} | | | | |", s.score_base);
