@@ -5,7 +5,7 @@
 # (--train-layer all --train-embeddings), on generated three-term additions and
 # subtractions of numbers below 100 with their worked solutions ("23+58-17=" ->
 # "81-17=64"). Stopped at 500 steps, where its held-out greedy accuracy is partial
-# (see assets/base/README.md), so that RL has room. Deterministic on the CPU: the
+# (see docs/base-model.md), so that RL has room. Deterministic on the CPU: the
 # same command gives the same weights.
 #
 #   bash tools/make_base_model.sh [RUN_DIR]      (about 3 minutes on 2 cores)

@@ -453,7 +453,7 @@ impl BackendJob for RlJob {
             let which = if onelayer::env::is_env_task(s.task.as_deref(), s.env.as_deref()) {
                 "the built-in tiny model (random weights, character vocabulary)"
             } else {
-                "RL post-training of the built-in pretrained base (character vocabulary; assets/base/README.md)"
+                "RL post-training of the built-in pretrained base (character vocabulary; docs/base-model.md)"
             };
             eprintln!(
                 "demo: {which}, a Qwen3-architecture model of {} layers, on {task}",

@@ -3,7 +3,7 @@
 //! character vocabulary), pretrained from scratch by tools/make_base_model.sh
 //! (`engine sft --train-embeddings` on three-term arithmetic with worked
 //! solutions) and committed in assets/base/ (bf16, its card in
-//! assets/base/README.md). It is compiled into the binary and written once to a
+//! docs/base-model.md). It is compiled into the binary and written once to a
 //! folder of the temporary directory named by its hash, from which it loads as
 //! any HF directory.
 
