@@ -251,3 +251,83 @@ fn engine_sft_loss_falls_and_resumes() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `engine sft` on a model with a tokenizer and chat template: chat `messages` rows,
+/// prompt/completion rows and (with `--loss-on all`) plain text all train; a row
+/// that ends with a user turn is a one-line error naming the file and line.
+#[test]
+fn engine_sft_reads_chat_prompt_completion_and_text_rows() {
+    let dir = common::fresh_dir("sft", "formats");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = fixture("qwen3-gqa2-tied");
+    let m = model.to_str().unwrap();
+    let rows = [
+        (
+            "chat.jsonl",
+            r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}"#,
+            "completion",
+        ),
+        (
+            "pc.jsonl",
+            r#"{"prompt": [{"role": "user", "content": "Name a colour."}], "completion": "Blue."}"#,
+            "completion",
+        ),
+        (
+            "text.jsonl",
+            r#"{"text": "The quick brown fox jumps over the lazy dog."}"#,
+            "all",
+        ),
+    ];
+    for (name, row, loss_on) in rows {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{row}\n{row}\n")).unwrap();
+        let out = dir.join(format!("out-{name}"));
+        common::engine_ok(&[
+            "sft",
+            "--model",
+            m,
+            "--device",
+            "cpu",
+            "--data",
+            path.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--loss-on",
+            loss_on,
+            "--lr",
+            "1e-3",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert!(last["loss"].as_f64().unwrap().is_finite(), "{name}: {last}");
+        assert!(last["loss_tokens"].as_u64().unwrap() > 0, "{name}: {last}");
+    }
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = common::engine_output(&[
+        "sft",
+        "--model",
+        m,
+        "--device",
+        "cpu",
+        "--data",
+        bad.to_str().unwrap(),
+        "--out",
+        dir.join("o").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    let line = err.lines().find(|l| l.starts_with("error")).unwrap();
+    assert!(
+        line.contains("bad.jsonl") && line.contains("line 1") && line.contains("assistant"),
+        "{line}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
