@@ -8,11 +8,13 @@
 
 mod common;
 
+use common::inc_problem;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use onelayer::tasks::sandbox::{self, Isolation};
-use onelayer::tasks::{code, CodeSpec, Outcome, Problem, Rewarder, SandboxConfig, TaskKind};
+use onelayer::tasks::{Outcome, Problem, Rewarder, SandboxConfig, TaskKind};
 
 fn have_python() -> bool {
     let ok = sandbox::python(&SandboxConfig::default()).is_some();
@@ -326,24 +328,6 @@ fn guards_alone_let_processes_write() {
         "was {} bytes",
         want.len()
     );
-}
-
-fn inc_problem() -> Problem {
-    let spec = CodeSpec {
-        prompt: "def inc(x: int) -> int:\n    \"\"\"x + 1\"\"\"\n".into(),
-        test:
-            "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(-1) == 0\n"
-                .into(),
-        entry_point: "inc".into(),
-        canonical_solution: Some("    return x + 1\n".into()),
-    };
-    Problem {
-        id: "inc".into(),
-        prompt: code::prompt(&spec.prompt),
-        reference: "    return x + 1\n".into(),
-        code: Some(spec),
-        row: None,
-    }
 }
 
 /// The judged runner under each mechanism: the report on fd 3 reaches the engine

@@ -3,13 +3,16 @@
 //! HumanEval lines are used when `../shared/data` holds them; sandbox tests are
 //! skipped when no Python interpreter is found.
 
+mod common;
+
+use common::inc_problem;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use onelayer::tasks::{
-    self, arith, code, gsm8k, math, pass_at_k, sandbox, ArithOptions, CodeSpec, Outcome, Problem,
-    Rewarder, SandboxConfig, TaskKind,
+    self, arith, gsm8k, math, pass_at_k, sandbox, ArithOptions, Outcome, Problem, Rewarder,
+    SandboxConfig, TaskKind,
 };
 
 /// `../shared/data/<rel>` when present, else None (with a message).
@@ -370,25 +373,6 @@ fn pass_at_k_estimator() {
     assert!((pass_at_k(5, 2, 2) - 0.7).abs() < 1e-12); // 1 - C(3,2)/C(5,2)
     assert_eq!(pass_at_k(5, 4, 2), 1.0);
     assert_eq!(pass_at_k(200, 0, 10), 0.0);
-}
-
-/// A code problem with a tiny test, and the rewarder with a short time limit.
-fn inc_problem() -> Problem {
-    let spec = CodeSpec {
-        prompt: "def inc(x: int) -> int:\n    \"\"\"x + 1\"\"\"\n".into(),
-        test:
-            "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(-1) == 0\n"
-                .into(),
-        entry_point: "inc".into(),
-        canonical_solution: Some("    return x + 1\n".into()),
-    };
-    Problem {
-        id: "inc".into(),
-        prompt: code::prompt(&spec.prompt),
-        reference: "    return x + 1\n".into(),
-        code: Some(spec),
-        row: None,
-    }
 }
 
 fn rewarder(secs: u64) -> Rewarder {

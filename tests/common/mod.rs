@@ -208,3 +208,23 @@ pub fn fresh_dir(tag: &str, name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     d
 }
+
+/// A code problem (`inc`) with a tiny test and its canonical solution.
+pub fn inc_problem() -> onelayer::tasks::Problem {
+    use onelayer::tasks::{code, CodeSpec, Problem};
+    let spec = CodeSpec {
+        prompt: "def inc(x: int) -> int:\n    \"\"\"x + 1\"\"\"\n".into(),
+        test:
+            "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(-1) == 0\n"
+                .into(),
+        entry_point: "inc".into(),
+        canonical_solution: Some("    return x + 1\n".into()),
+    };
+    Problem {
+        id: "inc".into(),
+        prompt: code::prompt(&spec.prompt),
+        reference: "    return x + 1\n".into(),
+        code: Some(spec),
+        row: None,
+    }
+}
