@@ -94,15 +94,8 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut given = run_settings.unwrap_or_default().overlay(&flags);
     a.reward.apply(&mut given);
-    if given.task.is_none() && given.reward_fn.is_some() && a.data.is_some() {
-        given.task = Some("custom".into());
-    }
-    let demo = onelayer::rl::settings::is_demo_model(given.model.as_deref());
-    let mut defaults = RunSettings::defaults(demo);
-    if demo && onelayer::env::is_env_task(given.task.as_deref(), given.env.as_deref()) {
-        defaults = defaults.overlay(&RunSettings::env_demo());
-    }
-    let mut s = defaults.overlay(&given);
+    super::reward::infer_task(&mut given, a.data.is_some());
+    let mut s = RunSettings::resolve(&given);
     // Evaluate --data (or, for arith, the generated held-out set) as the eval set.
     s.eval_data = a.data.clone();
     s.data = None;

@@ -49,9 +49,9 @@ impl RewardFnArgs {
 }
 
 /// The task of a run: `--task`, else `custom` when a reward function and a dataset
-/// are given without one.
-pub fn infer_task(s: &mut RunSettings) {
-    if s.task.is_none() && s.reward_fn.is_some() && s.data.is_some() && s.env.is_none() {
+/// (`has_data`: `--data` of run and reward, eval's problems) are given without one.
+pub fn infer_task(s: &mut RunSettings, has_data: bool) {
+    if s.task.is_none() && s.reward_fn.is_some() && has_data && s.env.is_none() {
         s.task = Some("custom".into());
     }
 }
@@ -88,7 +88,7 @@ pub fn run(a: Args) -> Result<()> {
         ..RunSettings::default()
     };
     a.reward.apply(&mut s);
-    infer_task(&mut s);
+    infer_task(&mut s, a.data.is_some());
     let Some(task) = s.task.as_deref() else {
         return Err(Error::invalid(
             "--task: name the task (gsm8k, math, code, arith), or give --reward-fn with --data",
@@ -96,7 +96,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     TaskKind::parse(task)?;
     // The problems exactly as `engine run` loads its training set (arith: the demo's).
-    let s = RunSettings::defaults(true).overlay(&s);
+    let s = RunSettings::resolve(&s);
     let (kind, problems, _) = load_problems(&s)?;
     let completions = read_completions(&a.completions, problems.len())?;
     let rewarder = rewarder(&s, kind)?;

@@ -239,14 +239,9 @@ pub fn run(a: Args) -> Result<()> {
         (None, None) => RunSettings::default(),
     };
     let mut given = file.overlay(&flags);
-    super::reward::infer_task(&mut given);
-    let demo = onelayer::rl::settings::is_demo_model(given.model.as_deref());
-    let mut defaults = RunSettings::defaults(demo);
-    if demo && onelayer::env::is_env_task(given.task.as_deref(), given.env.as_deref()) {
-        // The multi-turn demo: the tiny random model, one-character actions.
-        defaults = defaults.overlay(&RunSettings::env_demo());
-    }
-    let settings = defaults.overlay(&given);
+    let has_data = given.data.is_some();
+    super::reward::infer_task(&mut given, has_data);
+    let settings = RunSettings::resolve(&given);
     if let Some(path) = &a.rollouts {
         return from_rollouts(&settings, path, a.out.as_deref());
     }

@@ -187,24 +187,9 @@ pub fn run_rl<B: Backend>(
     let kv_cache_tokens = input.kv_cache_tokens;
     let mut trainer = Trainer::new(model, &layers, train_cfg)?;
     trainer.set_temperature(sampling.temperature)?;
-    let mut start = 0;
-    if resume {
-        if let Some((step, dir)) = checkpoint::list(out)?.pop() {
-            checkpoint::load(&dir, &mut trainer)?;
-            start = step;
-            eprintln!("resuming {} after step {step}", out.display());
-        } else {
-            eprintln!("no checkpoint in {}: starting from step 1", out.display());
-        }
-    }
-    let metrics_path = out.join("metrics.jsonl");
-    let (mut train_curve, mut eval_curve) =
-        checkpoint::truncate_metrics(&metrics_path, start, ("reward_mean", "eval_accuracy"))?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::file(&metrics_path, e))?;
+    let start = checkpoint::resume_from(out, &mut trainer, resume)?;
+    let (metrics_path, mut metrics, mut train_curve, mut eval_curve) =
+        checkpoint::open_metrics(out, start, ("reward_mean", "eval_accuracy"))?;
     let mut summary = RunSummary {
         steps_done: start,
         rewards: Vec::new(),

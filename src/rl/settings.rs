@@ -98,10 +98,28 @@ pub struct RunSettings {
     pub arith_terms: Option<usize>,
 }
 
+/// `base.f = top.f` for every listed field `top` sets (the settings overlays of RL
+/// and SFT runs).
 macro_rules! overlay {
     ($base:ident, $top:ident, $($f:ident),+) => {
         $( if $top.$f.is_some() { $base.$f = $top.$f.clone(); } )+
     };
+}
+pub(crate) use overlay;
+
+/// A settings file (TOML); errors are one line naming the file.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    toml::from_str(&text).map_err(|e| {
+        Error::file(
+            path,
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .trim(),
+        )
+    })
 }
 
 impl RunSettings {
@@ -225,17 +243,18 @@ impl RunSettings {
     }
 
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-        toml::from_str(&text).map_err(|e| {
-            Error::file(
-                path,
-                e.to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("invalid TOML")
-                    .trim(),
-            )
-        })
+        read_toml(path)
+    }
+
+    /// `given` (file and flags) over the defaults that fit it: the demo's without a
+    /// model (or with `random:SHAPE`), and the multi-turn demo's for an environment.
+    pub fn resolve(given: &RunSettings) -> RunSettings {
+        let demo = is_demo_model(given.model.as_deref());
+        let mut defaults = RunSettings::defaults(demo);
+        if demo && crate::env::is_env_task(given.task.as_deref(), given.env.as_deref()) {
+            defaults = defaults.overlay(&RunSettings::env_demo());
+        }
+        defaults.overlay(given)
     }
 
     pub fn to_toml(&self) -> String {

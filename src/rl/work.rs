@@ -110,9 +110,7 @@ pub fn rewarder(s: &RunSettings, kind: TaskKind) -> Result<Rewarder> {
             s.reward_workers,
             s.reward_timeout,
         )?)?),
-        None if kind == TaskKind::Custom => return Err(Error::invalid(
-            "--task custom: the rows are scored by --reward-fn FILE.py[:NAME], and none was given",
-        )),
+        None if kind == TaskKind::Custom => return Err(crate::tasks::no_reward_fn()),
         None => None,
     };
     Ok(Rewarder::default().with_fn(custom))

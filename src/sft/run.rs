@@ -170,22 +170,9 @@ pub fn run_sft<B: Backend>(
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     let cfg_path = out.join("config.toml");
     std::fs::write(&cfg_path, s.to_toml()).map_err(|e| Error::file(&cfg_path, e))?;
-    let mut start = 0;
-    if resume {
-        if let Some((step, dir)) = checkpoint::list(out)?.pop() {
-            checkpoint::load(&dir, &mut trainer)?;
-            start = step;
-            eprintln!("resuming {} after step {step}", out.display());
-        }
-    }
-    let metrics_path = out.join("metrics.jsonl");
-    let (mut train_curve, mut eval_curve) =
-        checkpoint::truncate_metrics(&metrics_path, start, ("loss", "eval_loss"))?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::file(&metrics_path, e))?;
+    let start = checkpoint::resume_from(out, &mut trainer, resume)?;
+    let (metrics_path, mut metrics, mut train_curve, mut eval_curve) =
+        checkpoint::open_metrics(out, start, ("loss", "eval_loss"))?;
     let mut summary = SftSummary {
         steps_done: start,
         ..SftSummary::default()

@@ -1,7 +1,8 @@
 //! The settings of an SFT run: defaults, then `--config sft.toml`, then flags; the
 //! resolved settings go to `OUT/config.toml`, which `--resume` reads back.
 
-use crate::{Error, Result};
+use crate::rl::settings::overlay;
+use crate::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -42,12 +43,6 @@ pub struct SftSettings {
     pub arith_terms: Option<usize>,
     /// Held-out problems of a generated task (greedy accuracy at each evaluation).
     pub eval_size: Option<usize>,
-}
-
-macro_rules! overlay {
-    ($base:ident, $top:ident, $($f:ident),+) => {
-        $( if $top.$f.is_some() { $base.$f = $top.$f.clone(); } )+
-    };
 }
 
 impl SftSettings {
@@ -113,17 +108,7 @@ impl SftSettings {
     }
 
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-        toml::from_str(&text).map_err(|e| {
-            Error::file(
-                path,
-                e.to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("invalid TOML")
-                    .trim(),
-            )
-        })
+        crate::rl::settings::read_toml(path)
     }
 
     pub fn to_toml(&self) -> String {

@@ -121,9 +121,17 @@ impl Problem {
     }
 
     /// verl's `compute_score` arguments other than `solution_str`:
-    /// (data_source, ground_truth, extra_info).
+    /// (data_source, ground_truth, extra_info). A built-in task's problem has its
+    /// reference as the ground truth and the task's verl name as the source.
     pub fn verl_fields(&self, kind: TaskKind) -> (Value, Value, Value) {
-        let cols = self.columns(kind);
+        let Some(row) = &self.row else {
+            return (
+                json!(verl_data_source(kind)),
+                json!(self.reference),
+                json!({}),
+            );
+        };
+        let cols = &row.columns;
         let source = cols
             .get("data_source")
             .cloned()
@@ -132,11 +140,7 @@ impl Problem {
             Some(v) if !v.is_null() => v.clone(),
             _ => json!({}),
         };
-        let truth = match (&self.row, ground_truth(&cols)) {
-            (None, _) => json!(self.reference),
-            (Some(_), v) => v,
-        };
-        (source, truth, extra)
+        (source, ground_truth(cols), extra)
     }
 
     /// Whether the prompt is a chat message list (TRL's conversational format).

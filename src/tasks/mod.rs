@@ -164,6 +164,13 @@ impl Scored {
     }
 }
 
+/// The error of a custom task without its reward function.
+pub fn no_reward_fn() -> Error {
+    Error::invalid(
+        "--task custom: the rows are scored by --reward-fn FILE.py[:NAME], and none was given",
+    )
+}
+
 /// One completion to score.
 pub struct ScoreItem<'a> {
     pub problem: &'a Problem,
@@ -219,15 +226,11 @@ impl Rewarder {
                 .collect());
         }
         if kind == TaskKind::Custom {
-            return Err(Error::invalid(
-                "--task custom: the rows are scored by --reward-fn FILE.py[:NAME], and none was given",
-            ));
+            return Err(no_reward_fn());
         }
-        use rayon::prelude::*;
-        Ok(items
-            .par_iter()
-            .map(|i| self.score(kind, i.problem, i.completion))
-            .collect())
+        let pairs: Vec<(&Problem, &str)> =
+            items.iter().map(|i| (i.problem, i.completion)).collect();
+        Ok(self.score_many(kind, &pairs))
     }
 
     /// The built-in reward (the user's function is not consulted).

@@ -160,3 +160,43 @@ pub fn truncate_metrics(path: &Path, upto: usize, keys: (&str, &str)) -> Result<
     std::fs::write(path, kept).map_err(|e| Error::file(path, e))?;
     Ok((train, eval))
 }
+
+/// With `resume`, the trainer restored from the newest checkpoint in `out`; the step
+/// it continues after (0 when starting over, or when there is none).
+pub fn resume_from<B: Backend>(
+    out: &Path,
+    trainer: &mut Trainer<B>,
+    resume: bool,
+) -> Result<usize> {
+    if !resume {
+        return Ok(0);
+    }
+    match list(out)?.pop() {
+        Some((step, dir)) => {
+            load(&dir, trainer)?;
+            eprintln!("resuming {} after step {step}", out.display());
+            Ok(step)
+        }
+        None => {
+            eprintln!("no checkpoint in {}: starting from step 1", out.display());
+            Ok(0)
+        }
+    }
+}
+
+/// A run's `OUT/metrics.jsonl` opened for appending after step `start`, with the two
+/// curves (`keys`) it already holds up to there (`truncate_metrics`).
+pub fn open_metrics(
+    out: &Path,
+    start: usize,
+    keys: (&str, &str),
+) -> Result<(PathBuf, std::fs::File, Curve, Curve)> {
+    let path = out.join("metrics.jsonl");
+    let (train, eval) = truncate_metrics(&path, start, keys)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::file(&path, e))?;
+    Ok((path, file, train, eval))
+}
